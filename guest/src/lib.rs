@@ -1,0 +1,164 @@
+//! The mxpolicy guest SDK: write a Matrix homeserver policy in Rust, build it to a WebAssembly
+//! component, and let any mxpolicy host run it.
+//!
+//! A complete policy: deny messages that mention a configured word, and count denials.
+//!
+//! ```
+//! use mxpolicy_guest::{ConfigError, Hook, Outcome, Policy, SendContext, state};
+//!
+//! #[derive(serde::Deserialize)]
+//! pub struct Config { word: String }
+//!
+//! pub struct NoWord { word: String }
+//!
+//! impl Policy for NoWord {
+//!     const NAME: &'static str = "no-word";
+//!     const VERSION: &'static str = "1.0.0";
+//!     const HOOKS: &'static [Hook] = &[Hook::OnSend];
+//!     type Config = Config;
+//!
+//!     fn new(config: Config) -> Result<Self, ConfigError> {
+//!         if config.word.is_empty() {
+//!             return Err(ConfigError::new("word", "must not be empty"));
+//!         }
+//!         Ok(Self { word: config.word.to_lowercase() })
+//!     }
+//!
+//!     fn on_send(&self, ctx: &SendContext) -> Outcome {
+//!         let body = ctx.content["body"].as_str().unwrap_or_default().to_lowercase();
+//!         if !body.contains(&self.word) {
+//!             return Outcome::allow();
+//!         }
+//!         let denied: u64 = state::get("denied").unwrap_or(0);
+//!         state::set("denied", &(denied + 1));
+//!         Outcome::deny("M_FORBIDDEN", format!("messages may not mention {}", self.word))
+//!     }
+//! }
+//!
+//! mxpolicy_guest::export_policy!(NoWord);
+//! # mxpolicy_guest::testing::reset("hs.example");
+//! # let p = NoWord::new(Config { word: "x".into() }).unwrap();
+//! # let ctx = SendContext::new("@a:hs.example", "!r:hs.example", "m.room.message",
+//! #     serde_json::json!({"body": "an X"}));
+//! # assert_eq!(p.on_send(&ctx).errcode(), Some("M_FORBIDDEN"));
+//! ```
+//!
+//! Build it with `crate-type = ["cdylib", "rlib"]` for `wasm32-unknown-unknown` and turn the
+//! module into a component (the workspace's `cargo xtask build-plugins` does both). Natively
+//! the same crate builds as an ordinary library: its unit tests call the hooks directly, with
+//! the in-memory host of [`testing`].
+//!
+//! Every hook has a default (allow, serve everything, 404), so a policy implements only what
+//! it declares in [`Policy::HOOKS`]; the host calls only those hooks.
+
+#![deny(missing_docs)]
+
+mod adapter;
+mod host;
+pub mod http;
+mod ids;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod testing;
+mod types;
+
+/// The raw WIT bindings. Used by [`export_policy!`]; policies use the typed API instead.
+#[doc(hidden)]
+#[allow(missing_docs, unreachable_pub, clippy::all)]
+pub mod wit {
+    wit_bindgen::generate!({
+        path: "../wit",
+        world: "policy",
+        pub_export_macro: true,
+        default_bindings_module: "mxpolicy_guest::wit",
+    });
+}
+
+#[doc(hidden)]
+pub use adapter::Adapter;
+pub use host::{homeserver, log, state, timers};
+pub use ids::{EventId, MxcUri, RoomId, ServerName, UserId};
+pub use serde_json;
+pub use types::{
+    Action, ConfigError, DeactivateContext, HistoryVisibility, Hook, HttpRequest, HttpResponse,
+    MatrixError, MediaFetchContext, MediaUploadContext, Outcome, ReactivateContext, Requester,
+    SendContext, ServeContext, ServeEvent, ServeOutcome, ServeVerdict, TimerContext, UserKind,
+    Verdict, Viewer,
+};
+
+/// A policy. Implement the hooks you list in [`HOOKS`](Policy::HOOKS); every other hook keeps
+/// its default and is never called by the host.
+///
+/// The host creates the policy with [`new`](Policy::new) from its JSON configuration before
+/// each call (instances are fresh by default), so `new` should only parse and check. Keep
+/// anything that must outlive a call in [`state`].
+pub trait Policy: Sized + 'static {
+    /// The plugin's name: a-z, 0-9 and `-`. State and web endpoints are keyed by it.
+    const NAME: &'static str;
+    /// The plugin's version.
+    const VERSION: &'static str;
+    /// The hooks the host should call.
+    const HOOKS: &'static [Hook];
+    /// The configuration, deserialized from the JSON the admin gave the host.
+    type Config: serde::de::DeserializeOwned;
+
+    /// Check the configuration and build the policy. An error refuses the load, naming the key.
+    fn new(config: Self::Config) -> Result<Self, ConfigError>;
+
+    /// A local user's event before it is accepted. Default: allow.
+    fn on_send(&self, _ctx: &SendContext) -> Outcome {
+        Outcome::allow()
+    }
+
+    /// Events about to be served to a client. Default: serve all.
+    fn on_client_serve(&self, ctx: &ServeContext) -> ServeOutcome {
+        ServeOutcome::serve_all(ctx)
+    }
+
+    /// Events about to be served to a server. Default: serve all.
+    fn on_federation_serve(&self, ctx: &ServeContext) -> ServeOutcome {
+        ServeOutcome::serve_all(ctx)
+    }
+
+    /// An account deactivation. Default: allow.
+    fn on_deactivate(&self, _ctx: &DeactivateContext) -> Outcome {
+        Outcome::allow()
+    }
+
+    /// An account reactivation. Default: allow.
+    fn on_reactivate(&self, _ctx: &ReactivateContext) -> Outcome {
+        Outcome::allow()
+    }
+
+    /// A media upload. Default: allow.
+    fn on_media_upload(&self, _ctx: &MediaUploadContext) -> Outcome {
+        Outcome::allow()
+    }
+
+    /// A media fetch. Default: allow.
+    fn on_media_fetch(&self, _ctx: &MediaFetchContext) -> Outcome {
+        Outcome::allow()
+    }
+
+    /// A request to the plugin's web endpoints. Default: 404.
+    fn on_http(&self, _req: &HttpRequest) -> HttpResponse {
+        HttpResponse::not_found()
+    }
+
+    /// A timer fired. Default: no actions.
+    fn on_timer(&self, _ctx: &TimerContext) -> Vec<Action> {
+        Vec::new()
+    }
+}
+
+/// Export a [`Policy`] type as the component's implementation of the `mxpolicy:policy` world.
+/// Use it once per plugin crate. In native builds it expands to nothing.
+#[macro_export]
+macro_rules! export_policy {
+    ($policy:ty) => {
+        #[cfg(target_arch = "wasm32")]
+        const _: () = {
+            type MxpolicyExport = $crate::Adapter<$policy>;
+    $crate::wit::export!(MxpolicyExport with_types_in $crate::wit);
+        };
+    };
+}

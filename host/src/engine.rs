@@ -1,0 +1,149 @@
+//! The wasmtime `Engine` and `Linker` shared by every plugin of a host, and the epoch ticker
+//! that enforces call deadlines.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread::JoinHandle,
+    time::Duration,
+};
+
+use wasmtime::{
+    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig,
+    component::{HasSelf, Linker},
+};
+
+use crate::{
+    bindings::Policy,
+    context::CallCtx,
+    error::{Error, Result},
+};
+
+/// One epoch tick. Deadlines are counted in ticks.
+pub(crate) const TICK: Duration = Duration::from_millis(1);
+
+/// How instances get their memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Allocation {
+    /// wasmtime's pooling allocator with room for this many concurrent instances: memory slots
+    /// are reserved once and reused, which makes instantiation several times cheaper. Needs
+    /// virtual address space (about 4 GiB per slot, never touched); if the reservation fails
+    /// the host falls back to `OnDemand` and logs a warning.
+    Pooling {
+        /// Concurrent instances (and memories) the pool holds.
+        max_instances: u32,
+        /// Largest memory any plugin may have, in bytes.
+        max_memory_bytes: usize,
+    },
+    /// `mmap` per instance. Works everywhere.
+    OnDemand,
+}
+
+impl Default for Allocation {
+    fn default() -> Self {
+        Allocation::Pooling {
+            max_instances: 128,
+            max_memory_bytes: 64 << 20,
+        }
+    }
+}
+
+/// Engine, linker and ticker. Dropping it stops the ticker thread.
+pub(crate) struct Runtime {
+    pub(crate) engine: Engine,
+    pub(crate) linker: Linker<CallCtx>,
+    pub(crate) max_memory_bytes: Option<usize>,
+    _ticker: Ticker,
+}
+
+fn config(allocation: Allocation) -> Config {
+    let mut cfg = Config::new();
+    cfg.epoch_interruption(true);
+    cfg.wasm_component_model(true);
+    cfg.concurrency_support(false);
+    cfg.max_wasm_stack(512 << 10);
+    if let Allocation::Pooling {
+        max_instances,
+        max_memory_bytes,
+    } = allocation
+    {
+        let mut pool = PoolingAllocationConfig::default();
+        pool.total_component_instances(max_instances)
+            .total_core_instances(max_instances.saturating_mul(2))
+            .total_memories(max_instances)
+            .total_tables(max_instances.saturating_mul(2))
+            .max_memory_size(max_memory_bytes);
+        cfg.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    }
+    cfg
+}
+
+impl Runtime {
+    pub(crate) fn new(allocation: Allocation) -> Result<Self> {
+        let (engine, max_memory_bytes) = match allocation {
+            Allocation::Pooling {
+                max_memory_bytes, ..
+            } => match Engine::new(&config(allocation)) {
+                Ok(engine) => (engine, Some(max_memory_bytes)),
+                Err(e) => {
+                    tracing::warn!(
+                        "pooling allocator unavailable ({e:#}); using on-demand allocation"
+                    );
+                    (Self::on_demand()?, None)
+                }
+            },
+            Allocation::OnDemand => (Self::on_demand()?, None),
+        };
+        let mut linker = Linker::new(&engine);
+        Policy::add_to_linker::<CallCtx, HasSelf<CallCtx>>(&mut linker, |ctx| ctx)
+            .map_err(|e| Error::Engine(format!("{e:#}")))?;
+        let ticker = Ticker::start(engine.clone());
+        Ok(Self {
+            engine,
+            linker,
+            max_memory_bytes,
+            _ticker: ticker,
+        })
+    }
+
+    fn on_demand() -> Result<Engine> {
+        Engine::new(&config(Allocation::OnDemand)).map_err(|e| Error::Engine(format!("{e:#}")))
+    }
+}
+
+/// Increments the engine's epoch every [`TICK`] until dropped.
+struct Ticker {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Ticker {
+    fn start(engine: Engine) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("mxpolicy-epoch".into())
+            .spawn(move || {
+                while !flag.load(Ordering::Relaxed) {
+                    std::thread::sleep(TICK);
+                    engine.increment_epoch();
+                }
+            })
+            .ok();
+        if thread.is_none() {
+            tracing::error!("could not start the epoch thread: plugin deadlines are not enforced");
+        }
+        Self { stop, thread }
+    }
+}
+
+impl Drop for Ticker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

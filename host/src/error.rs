@@ -1,0 +1,166 @@
+//! Errors of the host API. Every error that involves a plugin names it, and the hook when there
+//! is one.
+
+use std::fmt;
+
+use crate::types::Hook;
+
+/// Result type of the host API.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// An error of the host API.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A plugin could not be loaded: unreadable file, not a component, missing exports,
+    /// failing `describe`, ...
+    #[error("plugin `{plugin}`: cannot load: {message}")]
+    Load {
+        /// The plugin (its name, or its file when the name is not known yet).
+        plugin: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// The component imports something outside the `mxpolicy:policy` world (WASI, for
+    /// example). Refused at load time.
+    #[error(
+        "plugin `{plugin}`: imports `{import}`, which the mxpolicy host does not provide \
+         (allowed: {allowed}); build the plugin for wasm32-unknown-unknown with the mxpolicy \
+         SDK, or remove the import"
+    )]
+    ForbiddenImport {
+        /// The plugin (its file when the name is not known yet).
+        plugin: String,
+        /// The import's name, e.g. `wasi:io/poll@0.2.6`.
+        import: String,
+        /// The imports the host provides.
+        allowed: String,
+    },
+    /// The plugin refused its configuration.
+    #[error("plugin `{plugin}`: invalid config at `{key}`: {message}")]
+    Config {
+        /// The plugin name.
+        plugin: String,
+        /// The offending key (dotted path), empty for the whole document.
+        key: String,
+        /// The plugin's explanation.
+        message: String,
+    },
+    /// A plugin with this name is already in the chain.
+    #[error("plugin `{0}` is already loaded; use `replace` to swap it")]
+    Duplicate(String),
+    /// No plugin with this name is in the chain.
+    #[error("no plugin named `{0}` is loaded")]
+    NoSuchPlugin(String),
+    /// A replacement reported a different name than the plugin it replaces.
+    #[error("replacement for plugin `{expected}` calls itself `{found}`")]
+    NameMismatch {
+        /// The name of the plugin being replaced.
+        expected: String,
+        /// The name the new build reports.
+        found: String,
+    },
+    /// The homeserver passed input the host cannot use (an event without `event_id`, ...).
+    #[error("bad input for {hook}: {message}")]
+    BadInput {
+        /// The hook being called.
+        hook: Hook,
+        /// What is wrong.
+        message: String,
+    },
+    /// The state store failed.
+    #[error("state store: {0}")]
+    Store(#[from] StoreError),
+    /// The wasmtime engine could not be set up.
+    #[error("engine: {0}")]
+    Engine(String),
+}
+
+/// A failure of one plugin during one hook call. Contained: the host applies the plugin's
+/// failure policy and keeps serving; the failure is reported in the decision and logged.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PluginFailure {
+    /// The plugin that failed.
+    pub plugin: String,
+    /// The hook it failed in.
+    pub hook: Hook,
+    /// Why.
+    pub cause: FailureCause,
+    /// What the host did about it.
+    pub applied: crate::FailurePolicy,
+}
+
+impl fmt::Display for PluginFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "plugin `{}` failed in {}: {} (failing {})",
+            self.plugin, self.hook, self.cause, self.applied
+        )
+    }
+}
+
+impl std::error::Error for PluginFailure {}
+
+/// Why a plugin call failed.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "kind", content = "detail", rename_all = "kebab-case")]
+#[non_exhaustive]
+pub enum FailureCause {
+    /// The call ran past its deadline.
+    Timeout {
+        /// The deadline, in milliseconds.
+        deadline_ms: u64,
+    },
+    /// The plugin tried to grow its memory past the cap.
+    OutOfMemory {
+        /// The cap, in bytes.
+        limit_bytes: u64,
+    },
+    /// The plugin trapped (a panic, `unreachable`, a bad memory access, ...).
+    Trap(String),
+    /// The plugin returned more bytes than allowed.
+    OutputTooLarge {
+        /// Bytes returned.
+        bytes: u64,
+        /// The limit.
+        limit_bytes: u64,
+    },
+    /// The plugin returned something malformed (a wrong number of serve verdicts, an invalid
+    /// Matrix id in an action, invalid JSON in error fields, ...).
+    InvalidOutput(String),
+    /// The plugin's configuration was refused when a new instance was created.
+    Config(String),
+    /// The state store failed while committing the call's writes.
+    Store(String),
+}
+
+impl fmt::Display for FailureCause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Timeout { deadline_ms } => write!(f, "timed out after {deadline_ms} ms"),
+            Self::OutOfMemory { limit_bytes } => {
+                write!(f, "out of memory (cap {limit_bytes} bytes)")
+            }
+            Self::Trap(msg) => write!(f, "trapped: {msg}"),
+            Self::OutputTooLarge { bytes, limit_bytes } => {
+                write!(f, "output too large ({bytes} bytes, limit {limit_bytes})")
+            }
+            Self::InvalidOutput(msg) => write!(f, "invalid output: {msg}"),
+            Self::Config(msg) => write!(f, "config refused: {msg}"),
+            Self::Store(msg) => write!(f, "state store failed: {msg}"),
+        }
+    }
+}
+
+/// An error of a [`StateStore`](crate::StateStore) implementation.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct StoreError(pub Box<dyn std::error::Error + Send + Sync>);
+
+impl StoreError {
+    /// Wrap any error.
+    pub fn new(err: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        Self(err.into())
+    }
+}

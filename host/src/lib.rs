@@ -1,0 +1,94 @@
+//! The mxpolicy host: run WebAssembly policy plugins inside a Matrix homeserver.
+//!
+//! A homeserver builds one [`Host`], loads an ordered chain of plugins (WebAssembly components
+//! targeting the `mxpolicy:policy` world in `wit/`), and calls a hook wherever its own code
+//! reaches the matching point: [`Host::on_send`] before accepting a local event,
+//! [`Host::on_client_serve`] / [`Host::on_federation_serve`] before serving events,
+//! [`Host::on_deactivate`], [`Host::on_media_fetch`], and so on.
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use mxpolicy_host::{Host, MemoryHomeserver, PluginSpec, SendEvent, Verdict};
+//! use ruma::{owned_room_id, owned_server_name, owned_user_id, RoomVersionId};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let homeserver = Arc::new(MemoryHomeserver::new(owned_server_name!("hs.example")));
+//! let host = Host::builder(homeserver).build()?;
+//! host.load(
+//!     PluginSpec::file("target/plugins/keyword_filter.wasm")
+//!         .config(serde_json::json!({"keywords": ["buy now"]})),
+//! )?;
+//!
+//! let decision = host.on_send(&SendEvent {
+//!     sender: owned_user_id!("@alice:hs.example"),
+//!     sender_kind: Default::default(),
+//!     room_id: owned_room_id!("!room:hs.example"),
+//!     room_version: RoomVersionId::V11,
+//!     event_type: "m.room.message".into(),
+//!     state_key: None,
+//!     content: serde_json::json!({"msgtype": "m.text", "body": "BUY NOW!"}),
+//!     origin_server_ts: 1_700_000_000_000,
+//!     is_server_notices_room: false,
+//! });
+//! match decision.outcome {
+//!     Verdict::Allow => println!("accepted"),
+//!     // Return HTTP 403 with this body, exactly as Synapse would.
+//!     Verdict::Deny(error) => println!("403 {}", error.to_body()),
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! # Composition
+//! Plugins run in chain order, and only for the hooks they declared. For on-send, media,
+//! deactivate and reactivate hooks the first deny wins (later plugins are not called); for the
+//! serve hooks every plugin runs and the most restrictive verdict wins per event
+//! (withhold > pseudonymize > redact > serve). Actions are concatenated in chain order. The host
+//! redacts with ruma's implementation of the redaction algorithm of each event's room version.
+//!
+//! # Containment
+//! Each call has an epoch deadline and a memory cap; a trap, timeout, out-of-memory, oversized
+//! or malformed output is a [`PluginFailure`] naming plugin, hook and cause, and the plugin's
+//! [`FailurePolicy`] for that hook applies (closed by default for everything that guards data).
+//! State written during a failing call is dropped. Components importing anything outside the
+//! world (WASI included) are refused at load time.
+//!
+//! # Hot swap
+//! [`Host::replace`] compiles and validates a new build, then publishes a new immutable chain
+//! generation atomically: calls in flight finish on the old build; state, keyed by plugin name,
+//! carries over.
+
+#![deny(missing_docs)]
+
+mod bindings;
+mod clock;
+mod context;
+mod convert;
+mod decision;
+mod engine;
+mod error;
+mod homeserver;
+mod host;
+mod imports;
+mod plugin;
+mod redact;
+mod spec;
+mod storage;
+mod types;
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use decision::{Decision, FiredTimer};
+pub use engine::Allocation;
+pub use error::{Error, FailureCause, PluginFailure, Result, StoreError};
+pub use homeserver::{Homeserver, MemoryHomeserver};
+pub use host::{Host, HostBuilder, Inspection, PluginReport};
+pub use plugin::ALLOWED_IMPORTS;
+pub use ruma;
+pub use spec::{
+    DEFAULT_DEADLINE, DEFAULT_MAX_OUTPUT_BYTES, DEFAULT_MEMORY_BYTES, InstanceMode, PluginSpec,
+};
+pub use storage::{Changes, MemoryStore, StateStore, Timer};
+pub use types::{
+    Action, Deactivation, FailurePolicy, HistoryVisibility, Hook, HttpRequest, HttpResponse,
+    MatrixError, MediaFetch, MediaUpload, PluginInfo, Reactivation, Requester, SendEvent,
+    ServeEvent, ServeVerdict, ServedEvent, UserKind, Verdict, Viewer,
+};
