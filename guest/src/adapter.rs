@@ -94,4 +94,8 @@ impl<P: Policy> wit::Guest for Adapter<P> {
     fn on_timer(ctx: t::TimerContext) -> Vec<t::Action> {
         with_policy::<P, _>(|p| crate::types::actions_to_wit(p.on_timer(&ctx.into())))
     }
+
+    fn on_admin(req: t::AdminRequest) -> Result<String, String> {
+        with_policy::<P, _>(|p| p.on_admin(&req.into()).map(|v| v.to_string()))
+    }
 }

@@ -79,10 +79,10 @@ pub use host::{homeserver, log, state, timers};
 pub use ids::{EventId, MxcUri, RoomId, ServerName, UserId};
 pub use serde_json;
 pub use types::{
-    Action, ConfigError, DeactivateContext, HistoryVisibility, Hook, HttpRequest, HttpResponse,
-    MatrixError, MediaFetchContext, MediaUploadContext, Outcome, ReactivateContext, Requester,
-    SendContext, ServeContext, ServeEvent, ServeOutcome, ServeVerdict, TimerContext, UserKind,
-    Verdict, Viewer,
+    Action, AdminRequest, ConfigError, DeactivateContext, HistoryVisibility, Hook, HttpRequest,
+    HttpResponse, MatrixError, MediaFetchContext, MediaUploadContext, Outcome, ReactivateContext,
+    Requester, SendContext, ServeContext, ServeEvent, ServeOutcome, ServeVerdict, TimerContext,
+    UserKind, Verdict, Viewer,
 };
 
 /// A policy. Implement the hooks you list in [`HOOKS`](Policy::HOOKS); every other hook keeps
@@ -147,6 +147,12 @@ pub trait Policy: Sized + 'static {
     /// A timer fired. Default: no actions.
     fn on_timer(&self, _ctx: &TimerContext) -> Vec<Action> {
         Vec::new()
+    }
+
+    /// A command from the homeserver: answer with JSON, or refuse with a message.
+    /// Default: refuse every command.
+    fn on_admin(&self, req: &AdminRequest) -> Result<serde_json::Value, String> {
+        Err(format!("unknown command `{}`", req.command))
     }
 }
 

@@ -388,6 +388,27 @@ impl TimerContext {
     }
 }
 
+/// A command from the homeserver (see the host's `Host::admin`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdminRequest {
+    /// Current time.
+    pub now_ms: u64,
+    /// The command.
+    pub command: String,
+    /// Its arguments.
+    pub args: Value,
+}
+
+impl From<wit::AdminRequest> for AdminRequest {
+    fn from(r: wit::AdminRequest) -> Self {
+        Self {
+            now_ms: r.now_ms,
+            command: r.command,
+            args: serde_json::from_str(&r.args_json).unwrap_or(Value::Null),
+        }
+    }
+}
+
 /// A configuration the policy refuses: the key and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {

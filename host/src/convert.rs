@@ -29,6 +29,7 @@ pub(crate) fn hook_from_wit(h: wit::Hook) -> Hook {
         wit::Hook::OnMediaFetch => Hook::OnMediaFetch,
         wit::Hook::OnHttp => Hook::OnHttp,
         wit::Hook::OnTimer => Hook::OnTimer,
+        wit::Hook::OnAdmin => Hook::OnAdmin,
     }
 }
 
@@ -300,6 +301,14 @@ impl OutputSize for wit::ServeVerdict {
 impl OutputSize for wit::ServeOutcome {
     fn output_size(&self) -> usize {
         self.verdicts.output_size() + self.actions.output_size()
+    }
+}
+
+impl OutputSize for Result<String, String> {
+    fn output_size(&self) -> usize {
+        match self {
+            Ok(s) | Err(s) => s.len(),
+        }
     }
 }
 

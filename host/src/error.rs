@@ -68,6 +68,20 @@ pub enum Error {
         /// What is wrong.
         message: String,
     },
+    /// A plugin refused an admin command (unknown command, bad arguments).
+    #[error("plugin `{plugin}`: admin command `{command}` refused: {message}")]
+    AdminRefused {
+        /// The plugin.
+        plugin: String,
+        /// The command.
+        command: String,
+        /// The plugin's message.
+        message: String,
+    },
+    /// A plugin failed while handling a call whose result cannot be substituted (admin
+    /// commands).
+    #[error("{0}")]
+    PluginFailed(PluginFailure),
     /// The state store failed.
     #[error("state store: {0}")]
     Store(#[from] StoreError),

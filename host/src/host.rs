@@ -502,6 +502,50 @@ impl Host {
         })
     }
 
+    /// Send an admin command to plugin `plugin` (its `on-admin` hook) and return its JSON
+    /// answer. Host-side APIs of policies are built on this: recording the consent given at
+    /// registration, asking whether a user accepted a policy version, listing erasures. The
+    /// command's state writes are committed only if it succeeds.
+    pub fn admin(
+        &self,
+        plugin: &str,
+        command: &str,
+        args: &serde_json::Value,
+    ) -> Result<serde_json::Value> {
+        let chain = self.chain.load();
+        let p = chain
+            .plugins
+            .iter()
+            .find(|p| p.info.name == plugin && p.wants(Hook::OnAdmin))
+            .ok_or_else(|| Error::NoSuchPlugin(plugin.to_owned()))?;
+        let req = wit::AdminRequest {
+            now_ms: self.now(),
+            command: command.to_owned(),
+            args_json: args.to_string(),
+        };
+        let result = p
+            .call(&self.runtime, |b, s| b.call_on_admin(s, &req))
+            .and_then(|(out, changes)| match out {
+                Ok(text) => {
+                    let value = serde_json::from_str(&text).map_err(|e| {
+                        FailureCause::InvalidOutput(format!("admin answer is not JSON: {e}"))
+                    })?;
+                    p.commit(&changes)?;
+                    Ok(Ok(value))
+                }
+                Err(message) => Ok(Err(message)),
+            });
+        match result {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(message)) => Err(Error::AdminRefused {
+                plugin: plugin.to_owned(),
+                command: command.to_owned(),
+                message,
+            }),
+            Err(cause) => Err(Error::PluginFailed(Self::failure(p, Hook::OnAdmin, cause))),
+        }
+    }
+
     /// Fire every timer due at the clock's current time, in due order. A timer is removed when
     /// its `on-timer` call succeeds (unless the call rescheduled it); a failed call leaves it
     /// scheduled, to be retried at the next run. Timers of plugins not in the chain wait.

@@ -36,11 +36,13 @@ pub enum Hook {
     OnHttp,
     /// A durable timer fired.
     OnTimer,
+    /// A command from the homeserver.
+    OnAdmin,
 }
 
 impl Hook {
     /// Every hook, in WIT order.
-    pub const ALL: [Hook; 9] = [
+    pub const ALL: [Hook; 10] = [
         Hook::OnSend,
         Hook::OnClientServe,
         Hook::OnFederationServe,
@@ -50,6 +52,7 @@ impl Hook {
         Hook::OnMediaFetch,
         Hook::OnHttp,
         Hook::OnTimer,
+        Hook::OnAdmin,
     ];
 
     /// The hook's WIT name (`on-send`, ...).
@@ -64,16 +67,18 @@ impl Hook {
             Hook::OnMediaFetch => "on-media-fetch",
             Hook::OnHttp => "on-http",
             Hook::OnTimer => "on-timer",
+            Hook::OnAdmin => "on-admin",
         }
     }
 
     /// The failure policy that applies when the plugin does not configure one. Closed for
     /// every hook that guards data or accounts (a broken erasure policy must never leak an
     /// erased user's events); open only where closing has no meaning: `on-http` answers 500
-    /// either way and a failed `on-timer` stays due and is retried.
+    /// either way, a failed `on-timer` stays due and is retried, and a failed `on-admin` is an
+    /// error returned to the caller.
     pub fn default_failure_policy(self) -> FailurePolicy {
         match self {
-            Hook::OnHttp | Hook::OnTimer => FailurePolicy::Open,
+            Hook::OnHttp | Hook::OnTimer | Hook::OnAdmin => FailurePolicy::Open,
             _ => FailurePolicy::Closed,
         }
     }

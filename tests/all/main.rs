@@ -1,1 +1,17 @@
-fn main() {}
+//! The integration-test binary: real plugins, built to wasm by `cargo xtask build-plugins`,
+//! run through the real host. One module per topic.
+
+// Test modules share helpers with `pub` items inside a private binary.
+#![allow(unreachable_pub)]
+
+mod support;
+
+mod composition;
+mod consent;
+mod containment;
+mod end_to_end;
+mod erasure;
+mod hot_swap;
+mod media;
+mod replay;
+mod state;

@@ -1,6 +1,7 @@
-//! Project tasks. `cargo xtask build-plugins` builds every crate under `policies/` for
-//! `wasm32-unknown-unknown` with the `plugin` profile and turns each core module into a
-//! WebAssembly component in `target/plugins/<dir>.wasm`.
+//! Project tasks. `cargo xtask build-plugins` builds every crate under `policies/` (and the
+//! test fixtures under `tests/plugins/`) for `wasm32-unknown-unknown` with the `plugin`
+//! profile and turns each core module into a WebAssembly component in
+//! `target/plugins/<dir>.wasm`.
 //!
 //! Why `wasm32-unknown-unknown` plus `wit-component` rather than `wasm32-wasip2`: a wasip2
 //! build imports `wasi:cli`, `wasi:io`, ... even when the code uses none of it, and the host
@@ -30,10 +31,27 @@ fn target_dir(root: &Path) -> PathBuf {
         .unwrap_or_else(|| root.join("target"))
 }
 
-/// `(directory name, package name)` of every policy crate.
+/// Folders holding plugin crates.
+const PLUGIN_DIRS: [&str; 2] = ["policies", "tests/plugins"];
+
+/// `(directory name, package name)` of every plugin crate.
 fn policies(root: &Path) -> Result<Vec<(String, String)>> {
     let mut found = Vec::new();
-    for entry in std::fs::read_dir(root.join("policies")).context("reading policies/")? {
+    for folder in PLUGIN_DIRS {
+        found.extend(crates_in(&root.join(folder))?);
+    }
+    found.sort();
+    Ok(found)
+}
+
+fn crates_in(folder: &Path) -> Result<Vec<(String, String)>> {
+    let mut found = Vec::new();
+    if !folder.is_dir() {
+        return Ok(found);
+    }
+    for entry in
+        std::fs::read_dir(folder).with_context(|| format!("reading {}", folder.display()))?
+    {
         let dir = entry?.path();
         let manifest = dir.join("Cargo.toml");
         if !manifest.is_file() {
@@ -54,7 +72,6 @@ fn policies(root: &Path) -> Result<Vec<(String, String)>> {
             .unwrap_or_default();
         found.push((dir_name, name.to_owned()));
     }
-    found.sort();
     Ok(found)
 }
 
@@ -79,10 +96,16 @@ fn ensure_target() -> Result<()> {
     Ok(())
 }
 
-fn build_plugins() -> Result<()> {
+fn build_plugins(only: &[String]) -> Result<()> {
     let root = workspace_root();
     ensure_target()?;
-    let policies = policies(&root)?;
+    let mut policies = policies(&root)?;
+    if !only.is_empty() {
+        policies.retain(|(dir, _)| only.contains(dir));
+        if policies.len() != only.len() {
+            bail!("unknown plugin among {only:?}");
+        }
+    }
     if policies.is_empty() {
         bail!("no policies under {}", root.join("policies").display());
     }
@@ -120,9 +143,9 @@ fn build_plugins() -> Result<()> {
 
 fn main() -> Result<()> {
     match std::env::args().nth(1).as_deref() {
-        Some("build-plugins") => build_plugins(),
+        Some("build-plugins") => build_plugins(&std::env::args().skip(2).collect::<Vec<_>>()),
         _ => {
-            eprintln!("usage: cargo xtask build-plugins");
+            eprintln!("usage: cargo xtask build-plugins [PLUGIN_DIR...]");
             std::process::exit(2);
         }
     }

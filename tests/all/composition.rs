@@ -1,0 +1,1 @@
+//! Tests: composition (to be written).

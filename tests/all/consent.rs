@@ -1,0 +1,1 @@
+//! Tests: consent (to be written).

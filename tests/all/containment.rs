@@ -1,0 +1,1 @@
+//! Tests: containment (to be written).

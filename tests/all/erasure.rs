@@ -1,0 +1,1 @@
+//! Tests: erasure (to be written).

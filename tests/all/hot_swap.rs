@@ -1,0 +1,1 @@
+//! Tests: hot_swap (to be written).

@@ -1,0 +1,1 @@
+//! Tests: media (to be written).

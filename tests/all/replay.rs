@@ -1,0 +1,1 @@
+//! Tests: replay (to be written).

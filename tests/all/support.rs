@@ -1,0 +1,71 @@
+//! Shared set-up: locating the built plugins and creating a host with in-memory services and a
+//! manual clock.
+
+#![allow(dead_code)]
+
+use std::{path::PathBuf, sync::Arc, time::Duration};
+
+use mxpolicy_host::{
+    Host, ManualClock, MemoryHomeserver, MemoryStore, PluginSpec,
+    ruma::{OwnedServerName, owned_server_name},
+};
+
+/// Generous deadline for real plugins in tests: the suite runs many tests in parallel on two
+/// cores, and a 10 ms production deadline would fail on scheduling noise, not on the plugin.
+pub const TEST_DEADLINE: Duration = Duration::from_secs(2);
+
+/// The start of every test clock: 2026-01-01T00:00:00Z.
+pub const T0: u64 = 1_767_225_600_000;
+
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"))
+}
+
+/// Path of a plugin built by `cargo xtask build-plugins` (`policies/<name>` or
+/// `tests/plugins/<name>`).
+pub fn plugin_path(name: &str) -> PathBuf {
+    let path = target_dir().join("plugins").join(format!("{name}.wasm"));
+    assert!(
+        path.is_file(),
+        "{} is missing: run `cargo xtask build-plugins` before the tests (the README's test \
+         command does)",
+        path.display()
+    );
+    path
+}
+
+/// A spec for a built plugin with the test deadline.
+pub fn spec(name: &str) -> PluginSpec {
+    PluginSpec::file(plugin_path(name)).deadline(TEST_DEADLINE)
+}
+
+pub struct TestHost {
+    pub host: Host,
+    pub homeserver: Arc<MemoryHomeserver>,
+    pub clock: Arc<ManualClock>,
+    pub store: Arc<MemoryStore>,
+}
+
+pub fn server_name() -> OwnedServerName {
+    owned_server_name!("hs.example")
+}
+
+/// A host for `hs.example` with an in-memory store and a manual clock at [`T0`].
+pub fn test_host() -> TestHost {
+    let homeserver = Arc::new(MemoryHomeserver::new(server_name()));
+    let clock = Arc::new(ManualClock::new(T0));
+    let store = Arc::new(MemoryStore::new());
+    let host = Host::builder(homeserver.clone())
+        .state(store.clone())
+        .clock(clock.clone())
+        .build()
+        .expect("host");
+    TestHost {
+        host,
+        homeserver,
+        clock,
+        store,
+    }
+}

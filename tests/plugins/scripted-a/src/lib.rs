@@ -1,0 +1,3 @@
+//! Test fixture: the scripted plugin (source shared with its twin).
+
+include!("../../scripted.rs");

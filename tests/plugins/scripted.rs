@@ -1,0 +1,270 @@
+// A test fixture plugin whose behaviour is set by its configuration, so integration tests can
+// drive composition, failure containment (including hostile behaviour: infinite loops, memory
+// bombs, panics, oversized output), transactional state and timers through the real host with
+// a real compiled component. Built twice (scripted-a, scripted-b) under two names, so a chain
+// can hold two of them. Not an example of a good policy.
+
+use std::collections::BTreeMap;
+
+use mxpolicy_guest::{
+    Action, AdminRequest, ConfigError, DeactivateContext, Hook, HttpRequest, HttpResponse,
+    MediaFetchContext, MediaUploadContext, Outcome, Policy, ReactivateContext, SendContext,
+    ServeContext, ServeOutcome, ServeVerdict, TimerContext, UserId, export_policy, state, timers,
+};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+/// A hook to misbehave in, and how.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Misbehave {
+    /// The hook's WIT name, e.g. `on-send`.
+    pub hook: String,
+    /// `loop`, `oom`, `panic`, `huge-output`, `write-then-panic`, `bad-count`, `bad-action`.
+    pub how: String,
+}
+
+/// The fixture's configuration.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Deny sends (and media requests) with this errcode.
+    #[serde(default)]
+    pub deny: Option<String>,
+    /// Only deny sends whose body contains this.
+    #[serde(default)]
+    pub deny_body: Option<String>,
+    /// Per sender: `redact`, `withhold` or `pseudonymize:@pseudonym:server`.
+    #[serde(default)]
+    pub serve: BTreeMap<String, String>,
+    /// Actions returned by every allow/deny hook and by timers:
+    /// `{"kind": "delete-media", "mxc": ...}`, `{"kind": "leave-all-rooms", "user": ...}`, ...
+    #[serde(default)]
+    pub actions: Vec<Value>,
+    /// Misbehave in one hook.
+    #[serde(default)]
+    pub misbehave: Option<Misbehave>,
+    /// Misbehave in `init` itself: `loop` or `panic`.
+    #[serde(default)]
+    pub init: Option<String>,
+    /// A label echoed in deny messages and admin answers, to tell configs and builds apart.
+    #[serde(default)]
+    pub label: String,
+    /// Spin this many iterations in on-send before answering (to keep a call in flight).
+    #[serde(default)]
+    pub spin: u64,
+    /// On each send, schedule a timer this many ms after `now`.
+    #[serde(default)]
+    pub timer_after_ms: Option<u64>,
+}
+
+/// The fixture policy.
+pub struct Scripted {
+    config: Config,
+}
+
+fn count(hook: &str) -> u64 {
+    let key = format!("calls/{hook}");
+    let n = state::get::<u64>(&key).unwrap_or(0) + 1;
+    state::set(&key, &n);
+    n
+}
+
+impl Scripted {
+    fn misbehave(&self, hook: &str) -> Option<&str> {
+        self.config.misbehave.as_ref().filter(|m| m.hook == hook).map(|m| m.how.as_str())
+    }
+
+    /// Count the call, then misbehave if configured. Returns `true` for `huge-output`.
+    fn enter(&self, hook: &str) -> Option<&str> {
+        count(hook);
+        match self.misbehave(hook) {
+            Some("loop") => loop {
+                std::hint::black_box(0u64);
+            },
+            Some("oom") => {
+                let mut hoard: Vec<Vec<u8>> = Vec::new();
+                loop {
+                    hoard.push(vec![7u8; 1 << 20]);
+                    std::hint::black_box(&hoard);
+                }
+            }
+            Some("panic") | Some("write-then-panic") => panic!("scripted panic in {hook}"),
+            other => other,
+        }
+    }
+
+    fn actions(&self) -> Vec<Action> {
+        let bad = self.config.misbehave.as_ref().is_some_and(|m| m.how == "bad-action");
+        let mut out: Vec<Action> = self.config.actions.iter().filter_map(action).collect();
+        if bad {
+            out.push(Action::LeaveAllRooms(UserId::from("not-a-user-id")));
+        }
+        out
+    }
+
+    fn outcome(&self, hook: &str, body: Option<&str>) -> Outcome {
+        let how = self.enter(hook);
+        let mut out = match &self.config.deny {
+            Some(errcode) if self.config.deny_body.as_deref().is_none_or(|w| body.is_some_and(|b| b.contains(w))) => {
+                let message = if how == Some("huge-output") {
+                    "x".repeat(4 << 20)
+                } else {
+                    format!("denied by {}", self.config.label)
+                };
+                Outcome::deny(errcode, message).with_field("label", self.config.label.as_str())
+            }
+            _ => Outcome::allow(),
+        };
+        if how == Some("huge-output") && out.is_allow() {
+            out = Outcome::deny("M_FORBIDDEN", "x".repeat(4 << 20));
+        }
+        out.actions = self.actions();
+        out
+    }
+
+    fn serve(&self, hook: &str, ctx: &ServeContext) -> ServeOutcome {
+        let how = self.enter(hook);
+        let mut verdicts: Vec<ServeVerdict> = ctx
+            .events
+            .iter()
+            .map(|e| match self.config.serve.get(e.sender.as_str()).map(String::as_str) {
+                Some("redact") => ServeVerdict::Redact,
+                Some("withhold") => ServeVerdict::Withhold,
+                Some(p) if p.starts_with("pseudonymize:") => {
+                    ServeVerdict::Pseudonymize(UserId::from(&p["pseudonymize:".len()..]))
+                }
+                _ => ServeVerdict::Serve,
+            })
+            .collect();
+        if how == Some("bad-count") {
+            verdicts.push(ServeVerdict::Serve);
+        }
+        ServeOutcome { verdicts, actions: self.actions() }
+    }
+}
+
+fn action(v: &Value) -> Option<Action> {
+    let s = |k: &str| v.get(k).and_then(Value::as_str).unwrap_or_default().to_owned();
+    Some(match v.get("kind")?.as_str()? {
+        "leave-all-rooms" => Action::LeaveAllRooms(s("user").into()),
+        "remove-from-user-directory" => Action::RemoveFromUserDirectory(s("user").into()),
+        "unbind-threepids" => Action::UnbindThreepids(s("user").into()),
+        "delete-profile" => Action::DeleteProfile(s("user").into()),
+        "purge-room-history" => Action::PurgeRoomHistory(s("room").into()),
+        "delete-media" => Action::DeleteMedia(s("mxc").into()),
+        "announce-erasure" => Action::AnnounceErasure(s("user").into()),
+        "send-server-notice" => Action::SendServerNotice {
+            user: s("user").into(),
+            body: s("body"),
+            content: Default::default(),
+        },
+        _ => return None,
+    })
+}
+
+impl Policy for Scripted {
+    const NAME: &'static str = env!("CARGO_PKG_NAME");
+    const VERSION: &'static str = env!("CARGO_PKG_VERSION");
+    const HOOKS: &'static [Hook] = &[
+        Hook::OnSend,
+        Hook::OnClientServe,
+        Hook::OnFederationServe,
+        Hook::OnDeactivate,
+        Hook::OnReactivate,
+        Hook::OnMediaUpload,
+        Hook::OnMediaFetch,
+        Hook::OnHttp,
+        Hook::OnTimer,
+        Hook::OnAdmin,
+    ];
+    type Config = Config;
+
+    fn new(config: Config) -> Result<Self, ConfigError> {
+        match config.init.as_deref() {
+            Some("loop") => loop {
+                std::hint::black_box(0u64);
+            },
+            Some("panic") => panic!("scripted panic in init"),
+            Some(other) => return Err(ConfigError::new("init", format!("unknown `{other}`"))),
+            None => {}
+        }
+        if let Some(e) = &config.deny {
+            if !e.starts_with("M_") {
+                return Err(ConfigError::new("deny", "an errcode starts with M_"));
+            }
+        }
+        Ok(Self { config })
+    }
+
+    fn on_send(&self, ctx: &SendContext) -> Outcome {
+        let mut spun = 0u64;
+        for i in 0..self.config.spin {
+            spun = std::hint::black_box(spun.wrapping_add(i));
+        }
+        if let Some(after) = self.config.timer_after_ms {
+            let n = state::keys("timer-scheduled/").len();
+            state::set(&format!("timer-scheduled/{n}"), &true);
+            timers::schedule(&format!("t/{n}"), ctx.now_ms + after, self.config.label.as_str());
+        }
+        self.outcome("on-send", ctx.content["body"].as_str())
+    }
+
+    fn on_client_serve(&self, ctx: &ServeContext) -> ServeOutcome {
+        self.serve("on-client-serve", ctx)
+    }
+
+    fn on_federation_serve(&self, ctx: &ServeContext) -> ServeOutcome {
+        self.serve("on-federation-serve", ctx)
+    }
+
+    fn on_deactivate(&self, _ctx: &DeactivateContext) -> Outcome {
+        self.outcome("on-deactivate", None)
+    }
+
+    fn on_reactivate(&self, _ctx: &ReactivateContext) -> Outcome {
+        self.outcome("on-reactivate", None)
+    }
+
+    fn on_media_upload(&self, _ctx: &MediaUploadContext) -> Outcome {
+        self.outcome("on-media-upload", None)
+    }
+
+    fn on_media_fetch(&self, _ctx: &MediaFetchContext) -> Outcome {
+        self.outcome("on-media-fetch", None)
+    }
+
+    fn on_http(&self, req: &HttpRequest) -> HttpResponse {
+        let how = self.enter("on-http");
+        if how == Some("huge-output") {
+            return HttpResponse::text(200, "x".repeat(4 << 20));
+        }
+        HttpResponse::text(200, format!("{} {} {}", self.config.label, req.method, req.path))
+    }
+
+    fn on_timer(&self, ctx: &TimerContext) -> Vec<Action> {
+        self.enter("on-timer");
+        state::set(&format!("fired/{}", ctx.id), &ctx.payload::<String>().unwrap_or_default());
+        self.actions()
+    }
+
+    fn on_admin(&self, req: &AdminRequest) -> Result<Value, String> {
+        self.enter("on-admin");
+        match req.command.as_str() {
+            "calls" => {
+                let calls: BTreeMap<String, u64> = state::keys("calls/")
+                    .into_iter()
+                    .map(|k| {
+                        let n = state::get::<u64>(&k).unwrap_or(0);
+                        (k.trim_start_matches("calls/").to_owned(), n)
+                    })
+                    .collect();
+                Ok(json!({"label": self.config.label, "calls": calls}))
+            }
+            "echo" => Ok(req.args.clone()),
+            other => Err(format!("unknown command `{other}`")),
+        }
+    }
+}
+
+export_policy!(Scripted);
