@@ -1,1 +1,163 @@
-//! Tests: state (to be written).
+//! Plugin state and durable timers: writes commit only when a call succeeds; timers fire
+//! `on-timer` once when due, and a failed timer stays scheduled.
+
+use mxpolicy_host::{
+    Action, FailureCause, FailurePolicy, FiredTimer, Hook, StateStore, ruma::owned_user_id,
+};
+use serde_json::{Value, json};
+
+use crate::{
+    end_to_end::message,
+    support::{T0, spec, test_host},
+};
+
+fn counter(t: &crate::support::TestHost, plugin: &str, hook: &str) -> Option<u64> {
+    t.store
+        .get(plugin, &format!("calls/{hook}"))
+        .unwrap()
+        .map(|bytes| postcard_u64(&bytes))
+}
+
+/// postcard encodes a u64 as a varint.
+fn postcard_u64(bytes: &[u8]) -> u64 {
+    let mut value = 0u64;
+    for (i, b) in bytes.iter().enumerate() {
+        value |= u64::from(b & 0x7f) << (7 * i);
+        if b & 0x80 == 0 {
+            break;
+        }
+    }
+    value
+}
+
+#[test]
+fn writes_commit_when_the_call_succeeds() {
+    let t = test_host();
+    t.host.load(spec("scripted-a")).unwrap();
+    for _ in 0..3 {
+        t.host.on_send(&message("@a:hs.example", "hi"));
+    }
+    assert_eq!(counter(&t, "scripted-a", "on-send"), Some(3));
+    // Keys are namespaced by plugin name.
+    assert_eq!(t.store.get("scripted-b", "calls/on-send").unwrap(), None);
+    assert_eq!(
+        t.host.list_state("scripted-a", "calls/").unwrap(),
+        vec!["calls/on-send"]
+    );
+}
+
+#[test]
+fn writes_of_a_failing_call_are_dropped() {
+    let t = test_host();
+    t.host
+        .load(spec("scripted-a").config(json!({
+            "misbehave": {"hook": "on-send", "how": "write-then-panic"},
+        })))
+        .unwrap();
+    let d = t.host.on_send(&message("@a:hs.example", "hi"));
+    assert!(matches!(d.failures[0].cause, FailureCause::Trap(_)));
+    // The plugin incremented its counter before panicking: nothing was kept.
+    assert_eq!(counter(&t, "scripted-a", "on-send"), None);
+    assert!(t.store.dump().is_empty());
+
+    // Output that fails validation is a failure too, and its writes are dropped as well.
+    let t = test_host();
+    t.host
+        .load(spec("scripted-a").config(json!({"misbehave": {"hook": "x", "how": "bad-action"}})))
+        .unwrap();
+    t.host.on_send(&message("@a:hs.example", "hi"));
+    assert_eq!(counter(&t, "scripted-a", "on-send"), None);
+}
+
+#[test]
+fn timers_fire_once_when_due_with_their_payload() {
+    let t = test_host();
+    t.host
+        .load(spec("scripted-a").config(json!({
+            "label": "payload-1",
+            "timer_after_ms": 60_000,
+            "actions": [{"kind": "announce-erasure", "user": "@a:hs.example"}],
+        })))
+        .unwrap();
+    t.host.on_send(&message("@a:hs.example", "hi"));
+    assert!(
+        t.host.run_timers().unwrap().outcome.is_empty(),
+        "not due yet"
+    );
+
+    t.clock.advance(60_000);
+    let run = t.host.run_timers().unwrap();
+    assert_eq!(
+        run.outcome,
+        vec![FiredTimer {
+            plugin: "scripted-a".into(),
+            id: "t/0".into(),
+            due_ms: T0 + 60_000,
+            ok: true
+        }]
+    );
+    assert_eq!(
+        run.actions,
+        vec![Action::AnnounceErasure {
+            user: owned_user_id!("@a:hs.example")
+        }]
+    );
+    assert!(
+        t.host
+            .read_state("scripted-a", "fired/t/0")
+            .unwrap()
+            .is_some()
+    );
+    t.clock.advance(1);
+    assert!(
+        t.host.run_timers().unwrap().outcome.is_empty(),
+        "fired only once"
+    );
+}
+
+#[test]
+fn a_failing_timer_stays_scheduled_and_is_retried() {
+    let t = test_host();
+    let config = |misbehave: Value| json!({"timer_after_ms": 10, "misbehave": misbehave});
+    t.host
+        .load(spec("scripted-a").config(config(json!({"hook": "on-timer", "how": "panic"}))))
+        .unwrap();
+    t.host.on_send(&message("@a:hs.example", "hi"));
+    t.clock.advance(10);
+    let run = t.host.run_timers().unwrap();
+    assert!(!run.outcome[0].ok);
+    assert_eq!(run.failures[0].hook, Hook::OnTimer);
+    assert_eq!(run.failures[0].applied, FailurePolicy::Open);
+    // Fixed build swapped in: the same timer fires now.
+    t.host
+        .replace(
+            "scripted-a",
+            spec("scripted-a").config(config(json!({"hook": "none", "how": "none"}))),
+        )
+        .unwrap();
+    let run = t.host.run_timers().unwrap();
+    assert!(run.outcome[0].ok, "{run:?}");
+    assert!(t.host.run_timers().unwrap().outcome.is_empty());
+}
+
+#[test]
+fn several_timers_fire_in_due_order() {
+    // The scripted plugin schedules `t/<n>` per send: three sends, three timers.
+    let t = test_host();
+    t.host
+        .load(spec("scripted-a").config(json!({"timer_after_ms": 5})))
+        .unwrap();
+    for _ in 0..3 {
+        t.host.on_send(&message("@a:hs.example", "hi"));
+    }
+    t.clock.advance(5);
+    let ids: Vec<String> = t
+        .host
+        .run_timers()
+        .unwrap()
+        .outcome
+        .into_iter()
+        .map(|f| f.id)
+        .collect();
+    assert_eq!(ids, vec!["t/0", "t/1", "t/2"]);
+}

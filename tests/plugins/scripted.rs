@@ -9,7 +9,8 @@ use std::collections::BTreeMap;
 use mxpolicy_guest::{
     Action, AdminRequest, ConfigError, DeactivateContext, Hook, HttpRequest, HttpResponse,
     MediaFetchContext, MediaUploadContext, Outcome, Policy, ReactivateContext, SendContext,
-    ServeContext, ServeOutcome, ServeVerdict, TimerContext, UserId, export_policy, state, timers,
+    ServeContext, ServeOutcome, ServeVerdict, TimerContext, UserId, export_policy, homeserver,
+    state, timers,
 };
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -56,6 +57,10 @@ pub struct Config {
     /// On each send, schedule a timer this many ms after `now`.
     #[serde(default)]
     pub timer_after_ms: Option<u64>,
+    /// On each send, ask the homeserver for the members of this room (tests use a homeserver
+    /// that blocks there, to hold a call in flight deterministically).
+    #[serde(default)]
+    pub query_members_of: Option<String>,
 }
 
 /// The fixture policy.
@@ -72,7 +77,11 @@ fn count(hook: &str) -> u64 {
 
 impl Scripted {
     fn misbehave(&self, hook: &str) -> Option<&str> {
-        self.config.misbehave.as_ref().filter(|m| m.hook == hook).map(|m| m.how.as_str())
+        self.config
+            .misbehave
+            .as_ref()
+            .filter(|m| m.hook == hook)
+            .map(|m| m.how.as_str())
     }
 
     /// Count the call, then misbehave if configured. Returns `true` for `huge-output`.
@@ -95,7 +104,11 @@ impl Scripted {
     }
 
     fn actions(&self) -> Vec<Action> {
-        let bad = self.config.misbehave.as_ref().is_some_and(|m| m.how == "bad-action");
+        let bad = self
+            .config
+            .misbehave
+            .as_ref()
+            .is_some_and(|m| m.how == "bad-action");
         let mut out: Vec<Action> = self.config.actions.iter().filter_map(action).collect();
         if bad {
             out.push(Action::LeaveAllRooms(UserId::from("not-a-user-id")));
@@ -106,7 +119,13 @@ impl Scripted {
     fn outcome(&self, hook: &str, body: Option<&str>) -> Outcome {
         let how = self.enter(hook);
         let mut out = match &self.config.deny {
-            Some(errcode) if self.config.deny_body.as_deref().is_none_or(|w| body.is_some_and(|b| b.contains(w))) => {
+            Some(errcode)
+                if self
+                    .config
+                    .deny_body
+                    .as_deref()
+                    .is_none_or(|w| body.is_some_and(|b| b.contains(w))) =>
+            {
                 let message = if how == Some("huge-output") {
                     "x".repeat(4 << 20)
                 } else {
@@ -128,24 +147,34 @@ impl Scripted {
         let mut verdicts: Vec<ServeVerdict> = ctx
             .events
             .iter()
-            .map(|e| match self.config.serve.get(e.sender.as_str()).map(String::as_str) {
-                Some("redact") => ServeVerdict::Redact,
-                Some("withhold") => ServeVerdict::Withhold,
-                Some(p) if p.starts_with("pseudonymize:") => {
-                    ServeVerdict::Pseudonymize(UserId::from(&p["pseudonymize:".len()..]))
-                }
-                _ => ServeVerdict::Serve,
-            })
+            .map(
+                |e| match self.config.serve.get(e.sender.as_str()).map(String::as_str) {
+                    Some("redact") => ServeVerdict::Redact,
+                    Some("withhold") => ServeVerdict::Withhold,
+                    Some(p) if p.starts_with("pseudonymize:") => {
+                        ServeVerdict::Pseudonymize(UserId::from(&p["pseudonymize:".len()..]))
+                    }
+                    _ => ServeVerdict::Serve,
+                },
+            )
             .collect();
         if how == Some("bad-count") {
             verdicts.push(ServeVerdict::Serve);
         }
-        ServeOutcome { verdicts, actions: self.actions() }
+        ServeOutcome {
+            verdicts,
+            actions: self.actions(),
+        }
     }
 }
 
 fn action(v: &Value) -> Option<Action> {
-    let s = |k: &str| v.get(k).and_then(Value::as_str).unwrap_or_default().to_owned();
+    let s = |k: &str| {
+        v.get(k)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned()
+    };
     Some(match v.get("kind")?.as_str()? {
         "leave-all-rooms" => Action::LeaveAllRooms(s("user").into()),
         "remove-from-user-directory" => Action::RemoveFromUserDirectory(s("user").into()),
@@ -202,10 +231,18 @@ impl Policy for Scripted {
         for i in 0..self.config.spin {
             spun = std::hint::black_box(spun.wrapping_add(i));
         }
+        if let Some(room) = &self.config.query_members_of {
+            let members = homeserver::members_of_room(&room.as_str().into());
+            state::set("last-members", &members.len());
+        }
         if let Some(after) = self.config.timer_after_ms {
             let n = state::keys("timer-scheduled/").len();
             state::set(&format!("timer-scheduled/{n}"), &true);
-            timers::schedule(&format!("t/{n}"), ctx.now_ms + after, self.config.label.as_str());
+            timers::schedule(
+                &format!("t/{n}"),
+                ctx.now_ms + after,
+                self.config.label.as_str(),
+            );
         }
         self.outcome("on-send", ctx.content["body"].as_str())
     }
@@ -239,12 +276,18 @@ impl Policy for Scripted {
         if how == Some("huge-output") {
             return HttpResponse::text(200, "x".repeat(4 << 20));
         }
-        HttpResponse::text(200, format!("{} {} {}", self.config.label, req.method, req.path))
+        HttpResponse::text(
+            200,
+            format!("{} {} {}", self.config.label, req.method, req.path),
+        )
     }
 
     fn on_timer(&self, ctx: &TimerContext) -> Vec<Action> {
         self.enter("on-timer");
-        state::set(&format!("fired/{}", ctx.id), &ctx.payload::<String>().unwrap_or_default());
+        state::set(
+            &format!("fired/{}", ctx.id),
+            &ctx.payload::<String>().unwrap_or_default(),
+        );
         self.actions()
     }
 
