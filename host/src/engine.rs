@@ -74,8 +74,13 @@ fn config(allocation: Allocation) -> Config {
             .total_core_instances(max_instances.saturating_mul(2))
             .total_memories(max_instances)
             .total_tables(max_instances.saturating_mul(2))
-            .max_memory_size(max_memory_bytes);
+            .max_memory_size(max_memory_bytes)
+            // Reset a slot's first pages with memset instead of giving them back to the
+            // kernel: a fresh instance per call would otherwise page-fault them all again.
+            .linear_memory_keep_resident(2 << 20)
+            .table_keep_resident(64 << 10);
         cfg.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        cfg.memory_init_cow(false);
     }
     cfg
 }

@@ -412,12 +412,12 @@ impl Host {
                         )));
                     }
                     for v in &out.verdicts {
-                        if let wit::ServeVerdict::Pseudonymize(p) = v {
-                            if ruma::UserId::parse(p).is_err() {
-                                return Err(FailureCause::InvalidOutput(format!(
-                                    "pseudonym `{p}` is not a user id"
-                                )));
-                            }
+                        if let wit::ServeVerdict::Pseudonymize(p) = v
+                            && ruma::UserId::parse(p).is_err()
+                        {
+                            return Err(FailureCause::InvalidOutput(format!(
+                                "pseudonym `{p}` is not a user id"
+                            )));
                         }
                     }
                     let actions = convert::actions_from_wit(out.actions)?;

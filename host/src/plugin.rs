@@ -86,13 +86,13 @@ impl Plugin {
                 .map_err(|e| load_err(format!("cannot read {}: {e}", path.display())))?,
             Source::Bytes { bytes, .. } => bytes,
         };
-        if let Some(limit) = rt.max_memory_bytes {
-            if spec.settings.memory_bytes > limit {
-                return Err(load_err(format!(
-                    "memory limit {} exceeds the host's pool slot of {limit} bytes",
-                    spec.settings.memory_bytes
-                )));
-            }
+        if let Some(limit) = rt.max_memory_bytes
+            && spec.settings.memory_bytes > limit
+        {
+            return Err(load_err(format!(
+                "memory limit {} exceeds the host's pool slot of {limit} bytes",
+                spec.settings.memory_bytes
+            )));
         }
         let sha256 = hex::encode(Sha256::digest(&bytes));
         if bytes.len() >= 8 && bytes[..4] == *b"\0asm" && bytes[4..8] == [1, 0, 0, 0] {
@@ -127,7 +127,7 @@ impl Plugin {
         let config_json = spec.config.to_string();
 
         // Describe on a throwaway instance, then validate the config on it.
-        let mut store = Self::new_store(rt, &pre, &label, &state, &homeserver, &spec.settings);
+        let mut store = Self::new_store(rt, &label, &state, &homeserver, &spec.settings);
         let bindings = pre
             .instantiate(&mut store)
             .map_err(|e| load_err(format!("cannot instantiate: {e:#}")))?;
@@ -157,7 +157,6 @@ impl Plugin {
 
     fn new_store(
         rt: &Runtime,
-        _pre: &PolicyPre<CallCtx>,
         name: &str,
         state: &Arc<dyn StateStore>,
         homeserver: &Arc<dyn Homeserver>,
@@ -180,16 +179,19 @@ impl Plugin {
         store
     }
 
-    /// Run `init` with the configuration on a fresh instance.
-    pub(crate) fn check_config(&self, rt: &Runtime) -> Result<()> {
-        let mut store = Self::new_store(
+    fn fresh_store(&self, rt: &Runtime) -> Store<CallCtx> {
+        Self::new_store(
             rt,
-            &self.pre,
             &self.name,
             &self.state,
             &self.homeserver,
             &self.settings,
-        );
+        )
+    }
+
+    /// Run `init` with the configuration on a fresh instance.
+    pub(crate) fn check_config(&self, rt: &Runtime) -> Result<()> {
+        let mut store = self.fresh_store(rt);
         let bindings = self.pre.instantiate(&mut store).map_err(|e| Error::Load {
             plugin: self.info.name.clone(),
             message: format!("cannot instantiate: {e:#}"),
@@ -231,14 +233,7 @@ impl Plugin {
                 return Ok(warm);
             }
         }
-        let mut store = Self::new_store(
-            rt,
-            &self.pre,
-            &self.name,
-            &self.state,
-            &self.homeserver,
-            &self.settings,
-        );
+        let mut store = self.fresh_store(rt);
         let bindings = match self.pre.instantiate(&mut store) {
             Ok(b) => b,
             Err(e) => return Err((self.classify(&e, &store), store)),

@@ -218,10 +218,8 @@ impl Policy for Scripted {
             Some(other) => return Err(ConfigError::new("init", format!("unknown `{other}`"))),
             None => {}
         }
-        if let Some(e) = &config.deny {
-            if !e.starts_with("M_") {
-                return Err(ConfigError::new("deny", "an errcode starts with M_"));
-            }
+        if config.deny.as_ref().is_some_and(|e| !e.starts_with("M_")) {
+            return Err(ConfigError::new("deny", "an errcode starts with M_"));
         }
         Ok(Self { config })
     }

@@ -79,13 +79,12 @@ fn ensure_target() -> Result<()> {
     let installed = Command::new("rustup")
         .args(["target", "list", "--installed"])
         .output();
-    if let Ok(out) = installed {
-        if String::from_utf8_lossy(&out.stdout)
+    if let Ok(out) = installed
+        && String::from_utf8_lossy(&out.stdout)
             .lines()
             .any(|l| l.trim() == TARGET)
-        {
-            return Ok(());
-        }
+    {
+        return Ok(());
     }
     let status = Command::new("rustup")
         .args(["target", "add", TARGET])
