@@ -77,10 +77,10 @@ fn config(allocation: Allocation) -> Config {
             .max_memory_size(max_memory_bytes)
             // Reset a slot's first pages with memset instead of giving them back to the
             // kernel: a fresh instance per call would otherwise page-fault them all again.
-            .linear_memory_keep_resident(2 << 20)
+            .linear_memory_keep_resident(256 << 10)
             .table_keep_resident(64 << 10);
         cfg.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
-        cfg.memory_init_cow(false);
+        cfg.memory_init_cow(true);
     }
     cfg
 }
