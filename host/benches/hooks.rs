@@ -2,9 +2,10 @@
 //! same policy source in-process.
 //!
 //! - `on-send`: one decision of the keyword-filter example policy (allow path).
-//! - `federation-serve-1000`: one on-federation-serve batch of 1,000 events through the
-//!   scripted fixture (a per-sender verdict table; 10% of the events are redacted by the host
-//!   with ruma's redaction algorithm).
+//! - `federation-serve-1000`: one on-federation-serve batch of 1,000 events (50 senders, 5 of
+//!   them erased, so 10% of the events are from erased users) through the erasure policy in
+//!   its default "spec" mode; the erased users' events for which the requesting server had no
+//!   user joined (2 in 3) are redacted by the host with ruma's redaction algorithm.
 //!
 //! Each wasm case runs with warm instances (`InstanceMode::Reuse`) and with a fresh instance
 //! per call (`InstanceMode::Fresh`, the default), with the pooling allocator (the default) and,
@@ -19,7 +20,7 @@ use criterion::{Criterion, criterion_group};
 use mxpolicy_guest::Policy as _;
 use mxpolicy_host::{
     Allocation, HistoryVisibility, Host, InstanceMode, MemoryHomeserver, PluginSpec, SendEvent,
-    ServeEvent, UserKind, Viewer,
+    ServeEvent, ServeVerdict, UserKind, Viewer,
     ruma::{RoomVersionId, owned_room_id, owned_server_name, owned_user_id},
 };
 use serde_json::json;
@@ -63,18 +64,20 @@ fn send_event() -> SendEvent {
     }
 }
 
-fn serve_config() -> serde_json::Value {
-    json!({"serve": {"@erased:hs.example": "redact", "@gone:hs.example": "withhold"}})
+fn erasure_config() -> serde_json::Value {
+    json!({"grace_period_days": 30})
+}
+
+fn erased_users() -> Vec<String> {
+    (0..5)
+        .map(|i| format!("@user{}:hs.example", i * 10))
+        .collect()
 }
 
 fn batch() -> Vec<ServeEvent> {
     (0..1000)
         .map(|i| {
-            let sender = if i % 10 == 0 {
-                "@erased:hs.example".to_owned()
-            } else {
-                format!("@user{}:hs.example", i % 50)
-            };
+            let sender = format!("@user{}:hs.example", i % 50);
             ServeEvent {
                 event: json!({
                     "event_id": format!("$event{i}"),
@@ -145,8 +148,19 @@ fn federation_serve(c: &mut Criterion) {
     let events = batch();
 
     mxpolicy_guest::testing::reset("hs.example");
-    let config: scripted_a::Config = serde_json::from_value(serve_config()).expect("config");
-    let native = scripted_a::Scripted::new(config).expect("policy");
+    let config: mxpolicy_erasure::Config =
+        serde_json::from_value(erasure_config()).expect("config");
+    let native = mxpolicy_erasure::Erasure::new(config).expect("policy");
+    for user in erased_users() {
+        let request = mxpolicy_guest::DeactivateContext {
+            now_ms: 0,
+            user: user.as_str().into(),
+            erase: true,
+            by_admin: true,
+            second_factor: true,
+        };
+        assert!(native.on_deactivate(&request).is_allow());
+    }
     // The native baseline gets the same facts the plugin receives.
     let ctx = mxpolicy_guest::ServeContext {
         now_ms: 0,
@@ -177,11 +191,29 @@ fn federation_serve(c: &mut Criterion) {
     ] {
         let h = host(Allocation::default());
         h.load(
-            PluginSpec::file(plugin("scripted-a"))
-                .config(serve_config())
+            PluginSpec::file(plugin("erasure"))
+                .config(erasure_config())
                 .instance_mode(mode),
         )
         .expect("load");
+        for user in erased_users() {
+            let d = h.on_deactivate(&mxpolicy_host::Deactivation {
+                user: user.as_str().try_into().expect("user id"),
+                erase: true,
+                by_admin: true,
+                second_factor: true,
+            });
+            assert!(d.outcome.is_allow(), "{d:?}");
+        }
+        let served = h
+            .on_federation_serve(&viewer, events.clone())
+            .expect("serve");
+        let redacted = served
+            .outcome
+            .iter()
+            .filter(|e| e.verdict != ServeVerdict::Serve)
+            .count();
+        assert_eq!(redacted, 66, "2 in 3 of the 100 erased events are redacted");
         g.bench_function(label, |b| {
             b.iter_batched(
                 || events.clone(),
