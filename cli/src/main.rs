@@ -1,1 +1,144 @@
-fn main() {}
+//! `mxpolicy`: replay scenarios against real compiled policy plugins, and check plugins.
+//!
+//! - `mxpolicy replay FILE...` runs scenario files (see `cli/README.md`) through the real host
+//!   with a simulated homeserver in front, prints one JSON line per step on stdout and a
+//!   readable diff of every failed expectation on stderr.
+//! - `mxpolicy check PLUGIN... [--config FILE]` loads plugins and describes them.
+//!
+//! Exit status: 0 when everything holds, 1 when an expectation (or an explicit configuration)
+//! fails, 2 for bad input or usage.
+
+use std::{io::Write, path::PathBuf, process::ExitCode};
+
+use clap::{Parser, Subcommand};
+use mxpolicy::{check, replay};
+
+/// Replay policy scenarios against real plugins, and inspect plugins.
+#[derive(Debug, Parser)]
+#[command(name = "mxpolicy", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run scenario files through the real host and plugins with a simulated homeserver.
+    ///
+    /// Prints one JSON line per step on stdout (what the policies decided, which actions ran),
+    /// and on stderr a diff for every expectation that does not hold. Exit status: 0 when every
+    /// expectation holds, 1 when one fails, 2 for bad input.
+    Replay {
+        /// Scenario files (JSON).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Do not print the JSON lines, only failures and the summary.
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Load plugins and print their name, version, hooks, imports, SHA-256 and whether the
+    /// configuration validates.
+    ///
+    /// A plugin is a path, or a bare name looked up in the built plugins directory
+    /// (`target/plugins`, or $MXPOLICY_PLUGIN_DIR). Exit status: 0 when the plugins load (and
+    /// an explicit configuration validates), 1 when an explicit configuration is refused, 2
+    /// when a plugin cannot be found or loaded.
+    Check {
+        /// Plugin files (`.wasm` components) or names.
+        #[arg(required = true)]
+        plugins: Vec<String>,
+        /// A JSON file with the configuration to validate (default: `{}`, reported but not
+        /// counted as a failure).
+        #[arg(long, value_name = "FILE", conflicts_with = "config_json")]
+        config: Option<PathBuf>,
+        /// The configuration to validate, as JSON text.
+        #[arg(long, value_name = "JSON")]
+        config_json: Option<String>,
+        /// Print one JSON object per plugin.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let stdout = std::io::stdout();
+    let stderr = std::io::stderr();
+    let code = match cli.command {
+        Command::Replay { files, quiet } => {
+            let mut out = stdout.lock();
+            let mut err = stderr.lock();
+            replay_files(&files, quiet, &mut out, &mut err)
+        }
+        Command::Check {
+            plugins,
+            config,
+            config_json,
+            json,
+        } => {
+            let mut err = stderr.lock();
+            match config_arg(config, config_json) {
+                Ok(config) => check::run(&plugins, &config, json, &mut stdout.lock(), &mut err),
+                Err(e) => {
+                    let _ = writeln!(err, "error: {e}");
+                    2
+                }
+            }
+        }
+    };
+    ExitCode::from(code as u8)
+}
+
+fn config_arg(file: Option<PathBuf>, text: Option<String>) -> Result<check::ConfigArg, String> {
+    let parse = |text: &str, source: String| {
+        serde_json::from_str(text)
+            .map(|value| check::ConfigArg {
+                value,
+                source: Some(source.clone()),
+            })
+            .map_err(|e| format!("{source}: malformed JSON: {e}"))
+    };
+    match (file, text) {
+        (Some(path), _) => {
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+            parse(&text, path.display().to_string())
+        }
+        (None, Some(text)) => parse(&text, "--config-json".into()),
+        (None, None) => Ok(check::ConfigArg {
+            value: serde_json::json!({}),
+            source: None,
+        }),
+    }
+}
+
+fn replay_files(files: &[PathBuf], quiet: bool, out: &mut dyn Write, err: &mut dyn Write) -> i32 {
+    let mut status = 0;
+    for file in files {
+        let mut output = replay::Output {
+            lines: if quiet { None } else { Some(&mut *out) },
+            human: &mut *err,
+        };
+        match replay::run_file(file, &mut output) {
+            Ok(result) if result.failed.is_empty() => {
+                let _ = writeln!(err, "PASS {} ({} steps)", file.display(), result.steps);
+            }
+            Ok(result) => {
+                let _ = writeln!(
+                    err,
+                    "FAIL {}: {} of {} steps failed: {}",
+                    file.display(),
+                    result.failed.len(),
+                    result.steps,
+                    result.failed.join("; ")
+                );
+                status = status.max(1);
+            }
+            Err(e) => {
+                let _ = writeln!(err, "error: {e:#}");
+                status = 2;
+            }
+        }
+    }
+    status
+}

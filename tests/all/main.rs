@@ -1,8 +1,9 @@
 //! The integration-test binary: real plugins, built to wasm by `cargo xtask build-plugins`,
 //! run through the real host. One module per topic.
 
-// Test modules share helpers with `pub` items inside a private binary.
-#![allow(unreachable_pub)]
+// Test modules share helpers with `pub` items inside a private binary, and every function of
+// this crate is test code: a panic is a test failure with its message.
+#![allow(unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
 

@@ -1,0 +1,10 @@
+//! The library behind the `mxpolicy` command: the scenario format, the simulated homeserver,
+//! scenario replay through the real policy host, and plugin checks. The binary (`main.rs`) is
+//! a thin command-line layer over it.
+
+pub mod check;
+pub mod expect;
+pub mod locate;
+pub mod replay;
+pub mod scenario;
+pub mod sim;
