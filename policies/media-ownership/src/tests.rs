@@ -1,9 +1,13 @@
 //! Native unit tests: the hooks called directly with the SDK's in-memory host.
 
-use mxpolicy_guest::{MatrixError, ServerName, Verdict, testing};
+use mxpolicy_guest::{MatrixError, Requester, ServerName, UserId, Verdict, state, testing};
 use serde_json::json;
 
 use super::*;
+use crate::{
+    records::reference_keys,
+    upload::{DEFAULT_CONTENT_TYPE, content_type_matches, normalize_content_type},
+};
 
 const A: &str = "@alice:hs.example";
 const B: &str = "@bob:hs.example";

@@ -1,0 +1,113 @@
+//! The state layout: one record per user, plus the keys that track rooms and purges.
+
+use mxpolicy_guest::state;
+use serde::{Deserialize, Serialize};
+
+/// What the plugin keeps about one user, under `erasure/<user>`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Record {
+    /// A request inside its grace period.
+    pub(crate) pending: Option<Pending>,
+    /// The last erasure that became final.
+    pub(crate) completed: Option<Completed>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Pending {
+    pub(crate) requested_at_ms: u64,
+    pub(crate) final_at_ms: u64,
+    /// Rooms the user was joined to when asking (they leave them at once).
+    pub(crate) rooms: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Completed {
+    pub(crate) requested_at_ms: u64,
+    pub(crate) completed_at_ms: u64,
+    /// Set when the account was reactivated after the erasure became final: events from then
+    /// on are the user's new life and are served normally; earlier ones stay filtered.
+    pub(crate) reactivated_at_ms: Option<u64>,
+}
+
+impl Record {
+    /// Whether an event the user sent at `ts` is filtered.
+    pub(crate) fn hides(&self, ts: u64) -> bool {
+        self.pending.is_some()
+            || self
+                .completed
+                .as_ref()
+                .is_some_and(|c| c.reactivated_at_ms.is_none_or(|r| ts < r))
+    }
+
+    /// Whether the user counts as erased for purging: a final erasure, not reactivated since,
+    /// and no cancellable request pending.
+    pub(crate) fn is_final(&self) -> bool {
+        self.pending.is_none()
+            && self
+                .completed
+                .as_ref()
+                .is_some_and(|c| c.reactivated_at_ms.is_none())
+    }
+
+    pub(crate) fn status(&self) -> &'static str {
+        match (&self.pending, &self.completed) {
+            (Some(_), _) => "pending",
+            (None, Some(c)) if c.reactivated_at_ms.is_some() => "final-reactivated",
+            (None, Some(_)) => "final",
+            (None, None) => "none",
+        }
+    }
+}
+
+pub(crate) fn record_key(user: &str) -> String {
+    format!("erasure/{user}")
+}
+
+/// `sent/<user> <room>`: the user sent an event to the room. A space cannot occur in ids, so
+/// one user's prefix never matches another's keys.
+pub(crate) fn sent_prefix(user: &str) -> String {
+    format!("sent/{user} ")
+}
+
+/// `waiting/<room>`: the room is not purged yet; the value lists the users who keep it alive.
+pub(crate) fn waiting_key(room: &str) -> String {
+    format!("waiting/{room}")
+}
+
+/// `blocker/<user> <room>`: the user keeps `room` from being purged.
+pub(crate) fn blocker_prefix(user: &str) -> String {
+    format!("blocker/{user} ")
+}
+
+/// `purged/<room>`: when the room's purge was requested.
+pub(crate) fn purged_key(room: &str) -> String {
+    format!("purged/{room}")
+}
+
+pub(crate) const TIMER_PREFIX: &str = "erase/";
+
+pub(crate) fn timer_id(user: &str) -> String {
+    format!("{TIMER_PREFIX}{user}")
+}
+
+/// The user's record: `Ok(None)` if there is none, `Err` if it does not decode.
+pub(crate) fn load(user: &str) -> Result<Option<Record>, String> {
+    state::try_get::<Record>(&record_key(user))
+        .map_err(|e| format!("erasure record of {user} does not decode: {e}"))
+}
+
+pub(crate) fn save(user: &str, record: &Record) {
+    if record.pending.is_none() && record.completed.is_none() {
+        state::delete(&record_key(user));
+    } else {
+        state::set(&record_key(user), record);
+    }
+}
+
+/// The rooms under a `<kind>/<user> ` prefix.
+pub(crate) fn rooms_under(prefix: &str) -> Vec<String> {
+    state::keys(prefix)
+        .into_iter()
+        .filter_map(|k| k.strip_prefix(prefix).map(str::to_owned))
+        .collect()
+}

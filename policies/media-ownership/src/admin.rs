@@ -1,0 +1,98 @@
+//! `on-admin`: `media-of-user`, `media-info`.
+
+use mxpolicy_guest::{AdminRequest, state};
+use serde_json::{Value, json};
+
+use crate::{
+    Erasure,
+    records::{
+        MediaRecord, Reference, by_user_prefix, erasure_of, gone_key, media_key, reference_keys,
+    },
+};
+
+/// Run one admin command.
+pub(crate) fn handle(req: &AdminRequest) -> Result<Value, String> {
+    match req.command.as_str() {
+        "media-of-user" => media_of_user(&req.args, req.now_ms),
+        "media-info" => media_info(&req.args, req.now_ms),
+        other => Err(format!(
+            "unknown command `{other}`; known: media-of-user, media-info"
+        )),
+    }
+}
+
+fn media_of_user(args: &Value, now_ms: u64) -> Result<Value, String> {
+    let user = args
+        .get("user")
+        .and_then(Value::as_str)
+        .ok_or("`user` (a user id) is required")?;
+    let prefix = by_user_prefix(user);
+    let mut total: u64 = 0;
+    let media: Vec<Value> = state::keys(&prefix)
+        .iter()
+        .filter_map(|key| {
+            let mxc = key.strip_prefix(&prefix)?;
+            let record = state::get::<MediaRecord>(&media_key(mxc))?;
+            total = total.saturating_add(record.size);
+            Some(json!({
+                "mxc": mxc,
+                "size": record.size,
+                "content_type": record.content_type,
+                "uploaded_at_ms": record.uploaded_at_ms,
+            }))
+        })
+        .collect();
+    Ok(json!({
+        "user": user,
+        "media": media,
+        "total_bytes": total,
+        "erasure": erasure_of(user).map(|e| erasure_json(&e, now_ms)),
+    }))
+}
+
+fn media_info(args: &Value, now_ms: u64) -> Result<Value, String> {
+    let mxc = args
+        .get("mxc")
+        .and_then(Value::as_str)
+        .ok_or("`mxc` (an mxc:// URI) is required")?;
+    let Some(record) = state::get::<MediaRecord>(&media_key(mxc)) else {
+        if let Some(deleted_at_ms) = state::get::<u64>(&gone_key(mxc)) {
+            return Ok(json!({"mxc": mxc, "deleted_at_ms": deleted_at_ms}));
+        }
+        return Err(format!("no media {mxc} was uploaded here"));
+    };
+    let references: Vec<Value> = reference_keys(mxc)
+        .iter()
+        .filter_map(|key| state::get::<Reference>(key))
+        .map(|r| {
+            let joined = r
+                .members
+                .as_ref()
+                .and_then(|h| state::get::<Vec<String>>(&format!("members/{h}")));
+            json!({
+                "room_id": r.room_id,
+                "sender": r.sender,
+                "event_type": r.event_type,
+                "sent_at_ms": r.sent_at_ms,
+                "joined_at_send": joined,
+            })
+        })
+        .collect();
+    Ok(json!({
+        "mxc": mxc,
+        "uploader": record.uploader,
+        "size": record.size,
+        "content_type": record.content_type,
+        "uploaded_at_ms": record.uploaded_at_ms,
+        "uploader_erasure": erasure_of(&record.uploader).map(|e| erasure_json(&e, now_ms)),
+        "references": references,
+    }))
+}
+
+fn erasure_json(erasure: &Erasure, now_ms: u64) -> Value {
+    json!({
+        "requested_at_ms": erasure.requested_at_ms,
+        "final_at_ms": erasure.final_at_ms,
+        "state": if erasure.is_final(now_ms) { "final" } else { "grace" },
+    })
+}

@@ -1,0 +1,135 @@
+//! `on-media-upload`: the upload limits (size, content types, quota) and the record of who
+//! uploaded what.
+
+use mxpolicy_guest::{MediaUploadContext, Outcome, state};
+
+use crate::{
+    MediaOwnership,
+    records::{MAX_KEY_BYTES, MediaRecord, by_user_prefix, media_key, ref_prefix, usage_key},
+};
+
+/// The content type of uploads that declare none (as Synapse assumes).
+pub(crate) const DEFAULT_CONTENT_TYPE: &str = "application/octet-stream";
+
+impl MediaOwnership {
+    /// `on-media-upload`: apply the limits, then record the upload.
+    pub(crate) fn upload(&self, ctx: &MediaUploadContext) -> Outcome {
+        if let Some(refusal) = self.check_upload(ctx) {
+            return refusal;
+        }
+        let mxc = ctx.mxc.as_str();
+        let user = ctx.uploader.as_str();
+        if let Some(old) = state::get::<MediaRecord>(&media_key(mxc)) {
+            // Content uploaded again for the same URI: replace the old record's accounting.
+            Self::forget_usage_and_index(mxc, &old);
+        }
+        state::set(
+            &media_key(mxc),
+            &MediaRecord {
+                uploader: user.to_owned(),
+                size: ctx.size,
+                content_type: ctx.content_type.clone(),
+                uploaded_at_ms: ctx.now_ms,
+            },
+        );
+        state::set_raw(&format!("{}{mxc}", by_user_prefix(user)), &[]);
+        let key = usage_key(user);
+        let usage = state::get::<u64>(&key)
+            .unwrap_or(0)
+            .saturating_add(ctx.size);
+        state::set(&key, &usage);
+        Outcome::allow()
+    }
+
+    /// Refuse an upload, or `None` to accept it.
+    fn check_upload(&self, ctx: &MediaUploadContext) -> Option<Outcome> {
+        if let Some(max) = self.config.max_upload_bytes
+            && ctx.size > max
+        {
+            return Some(Outcome::deny(
+                "M_TOO_LARGE",
+                format!(
+                    "This upload is {} bytes; the largest upload allowed is {max} bytes",
+                    ctx.size
+                ),
+            ));
+        }
+        if let Some(allowed) = &self.allowed {
+            let content_type = normalize_content_type(ctx.content_type.as_deref());
+            if !allowed
+                .iter()
+                .any(|p| content_type_matches(p, &content_type))
+            {
+                return Some(Outcome::deny(
+                    "M_FORBIDDEN",
+                    format!(
+                        "Media of type {content_type} may not be uploaded here; allowed types: {}",
+                        allowed.join(", ")
+                    ),
+                ));
+            }
+        }
+        let mxc = ctx.mxc.as_str();
+        let user = ctx.uploader.as_str();
+        let longest = format!("{}{mxc}", by_user_prefix(user))
+            .len()
+            .max(ref_prefix(mxc).len() + 16);
+        if longest > MAX_KEY_BYTES {
+            return Some(Outcome::deny(
+                "M_FORBIDDEN",
+                "This media id is too long for the media policy to track",
+            ));
+        }
+        if let Some(quota) = self.config.quota_bytes {
+            let mut used = state::get::<u64>(&usage_key(user)).unwrap_or(0);
+            // Re-uploading content for the same URI (asynchronous uploads) replaces it.
+            if let Some(old) = state::get::<MediaRecord>(&media_key(mxc))
+                && old.uploader == user
+            {
+                used = used.saturating_sub(old.size);
+            }
+            if used.saturating_add(ctx.size) > quota {
+                return Some(Outcome::deny(
+                    &self.config.quota_errcode,
+                    format!(
+                        "Media upload quota exceeded: you store {used} of {quota} bytes, and \
+                         this upload is {} bytes",
+                        ctx.size
+                    ),
+                ));
+            }
+        }
+        None
+    }
+
+    /// Remove a media's index entry and its share of its uploader's usage (before the record
+    /// is replaced by a new upload for the same URI).
+    fn forget_usage_and_index(mxc: &str, old: &MediaRecord) {
+        state::delete(&format!("{}{mxc}", by_user_prefix(&old.uploader)));
+        let key = usage_key(&old.uploader);
+        let usage = state::get::<u64>(&key)
+            .unwrap_or(0)
+            .saturating_sub(old.size);
+        state::set(&key, &usage);
+    }
+}
+
+/// `type/subtype` in lowercase, without parameters.
+pub(crate) fn normalize_content_type(content_type: Option<&str>) -> String {
+    content_type
+        .and_then(|t| t.split(';').next())
+        .map(|t| t.trim().to_ascii_lowercase())
+        .filter(|t| !t.is_empty())
+        .unwrap_or_else(|| DEFAULT_CONTENT_TYPE.to_owned())
+}
+
+/// Whether `content_type` (normalized) matches `pattern` (lowercase): exact, `type/*`, `*/*`.
+pub(crate) fn content_type_matches(pattern: &str, content_type: &str) -> bool {
+    match pattern.strip_suffix("/*") {
+        Some("*") => true,
+        Some(family) => content_type
+            .split_once('/')
+            .is_some_and(|(t, _)| t == family),
+        None => pattern == content_type,
+    }
+}
