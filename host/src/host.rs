@@ -33,6 +33,15 @@ struct Generation {
     plugins: Vec<Arc<Plugin>>,
 }
 
+impl Generation {
+    /// The plugin `name`, if it is in the chain and declared `hook`.
+    fn find(&self, name: &str, hook: Hook) -> Option<&Arc<Plugin>> {
+        self.plugins
+            .iter()
+            .find(|p| p.info.name == name && p.wants(hook))
+    }
+}
+
 /// A loaded plugin, as reported by [`Host::plugins`] and [`Host::inspect`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct PluginReport {
@@ -471,9 +480,7 @@ impl Host {
     pub fn on_http(&self, plugin: &str, request: &HttpRequest) -> Result<Decision<HttpResponse>> {
         let chain = self.chain.load();
         let p = chain
-            .plugins
-            .iter()
-            .find(|p| p.info.name == plugin && p.wants(Hook::OnHttp))
+            .find(plugin, Hook::OnHttp)
             .ok_or_else(|| Error::NoSuchPlugin(plugin.to_owned()))?;
         let req = convert::http_to_wit(request, self.now());
         let result = p
@@ -514,9 +521,7 @@ impl Host {
     ) -> Result<serde_json::Value> {
         let chain = self.chain.load();
         let p = chain
-            .plugins
-            .iter()
-            .find(|p| p.info.name == plugin && p.wants(Hook::OnAdmin))
+            .find(plugin, Hook::OnAdmin)
             .ok_or_else(|| Error::NoSuchPlugin(plugin.to_owned()))?;
         let req = wit::AdminRequest {
             now_ms: self.now(),
@@ -556,11 +561,7 @@ impl Host {
         let chain = self.chain.load();
         let mut decision = Decision::new(Vec::new());
         for timer in due {
-            let Some(plugin) = chain
-                .plugins
-                .iter()
-                .find(|p| p.info.name == timer.plugin && p.wants(Hook::OnTimer))
-            else {
+            let Some(plugin) = chain.find(&timer.plugin, Hook::OnTimer) else {
                 continue;
             };
             let ctx = wit::TimerContext {

@@ -10,7 +10,7 @@ use crate::{
     bindings::{Policy, PolicyPre},
     context::CallCtx,
     convert::{self, OutputSize},
-    engine::{Runtime, TICK},
+    engine::Runtime,
     error::{Error, FailureCause, Result},
     homeserver::Homeserver,
     spec::{InstanceMode, PluginSpec, Settings, Source},
@@ -170,12 +170,7 @@ impl Plugin {
         );
         let mut store = Store::new(&rt.engine, ctx);
         store.limiter(|ctx| &mut ctx.limiter);
-        let ticks = settings
-            .deadline
-            .as_millis()
-            .div_ceil(TICK.as_millis())
-            .max(1) as u64;
-        store.set_epoch_deadline(ticks);
+        store.set_epoch_deadline(settings.deadline_ticks());
         store
     }
 
@@ -215,21 +210,14 @@ impl Plugin {
         self.info.hooks.contains(&hook)
     }
 
-    fn deadline_ticks(&self) -> u64 {
-        self.settings
-            .deadline
-            .as_millis()
-            .div_ceil(TICK.as_millis())
-            .max(1) as u64
-    }
-
     /// A ready instance: a warm one in reuse mode, else a fresh one with its config applied.
     fn instance(&self, rt: &Runtime) -> Result<Warm, (FailureCause, Store<CallCtx>)> {
         if self.settings.instance_mode == InstanceMode::Reuse {
             let warm = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
             if let Some(mut warm) = warm {
                 warm.store.data_mut().reset();
-                warm.store.set_epoch_deadline(self.deadline_ticks());
+                warm.store
+                    .set_epoch_deadline(self.settings.deadline_ticks());
                 return Ok(warm);
             }
         }

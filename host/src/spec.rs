@@ -4,7 +4,10 @@ use std::{collections::BTreeMap, path::PathBuf, time::Duration};
 
 use serde_json::Value;
 
-use crate::types::{FailurePolicy, Hook};
+use crate::{
+    engine::TICK,
+    types::{FailurePolicy, Hook},
+};
 
 /// Default deadline of one hook call. Epochs tick every millisecond, so a call is interrupted
 /// between `deadline` and `deadline + 1 ms` after it started.
@@ -75,6 +78,11 @@ pub(crate) struct Settings {
 }
 
 impl Settings {
+    /// The deadline in epoch ticks (at least one).
+    pub(crate) fn deadline_ticks(&self) -> u64 {
+        self.deadline.as_millis().div_ceil(TICK.as_millis()).max(1) as u64
+    }
+
     pub(crate) fn failure_policy(&self, hook: Hook) -> FailurePolicy {
         self.failure
             .get(&hook)
