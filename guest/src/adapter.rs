@@ -60,7 +60,11 @@ impl<P: Policy> wit::Guest for Adapter<P> {
     }
 
     fn on_send(ctx: t::SendContext) -> t::Outcome {
-        with_policy::<P, _>(|p| p.on_send(&ctx.into()).into())
+        let (ctx, content_error) = crate::types::send_context(ctx);
+        with_policy::<P, _>(|p| match &content_error {
+            None => p.on_send(&ctx).into(),
+            Some(error) => p.on_unreadable_content(&ctx, error).into(),
+        })
     }
 
     fn on_client_serve(ctx: t::ServeContext) -> t::ServeOutcome {
@@ -96,6 +100,7 @@ impl<P: Policy> wit::Guest for Adapter<P> {
     }
 
     fn on_admin(req: t::AdminRequest) -> Result<String, String> {
-        with_policy::<P, _>(|p| p.on_admin(&req.into()).map(|v| v.to_string()))
+        let req = crate::types::AdminRequest::try_from(req)?;
+        with_policy::<P, _>(|p| p.on_admin(&req).map(|v| v.to_string()))
     }
 }

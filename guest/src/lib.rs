@@ -79,10 +79,10 @@ pub use host::{homeserver, log, state, timers};
 pub use ids::{EventId, MxcUri, RoomId, ServerName, UserId};
 pub use serde_json;
 pub use types::{
-    Action, AdminRequest, ConfigError, DeactivateContext, HistoryVisibility, Hook, HttpRequest,
-    HttpResponse, MatrixError, MediaFetchContext, MediaUploadContext, Outcome, ReactivateContext,
-    Requester, SendContext, ServeContext, ServeEvent, ServeOutcome, ServeVerdict, TimerContext,
-    UserKind, Verdict, Viewer,
+    Action, AdminRequest, ConfigError, ContentError, DeactivateContext, HistoryVisibility, Hook,
+    HttpRequest, HttpResponse, MatrixError, MediaFetchContext, MediaUploadContext, Outcome,
+    ReactivateContext, Requester, SendContext, ServeContext, ServeEvent, ServeOutcome,
+    ServeVerdict, TimerContext, UserKind, Verdict, Viewer,
 };
 
 /// A policy. Implement the hooks you list in [`HOOKS`](Policy::HOOKS); every other hook keeps
@@ -107,6 +107,20 @@ pub trait Policy: Sized + 'static {
     /// A local user's event before it is accepted. Default: allow.
     fn on_send(&self, _ctx: &SendContext) -> Outcome {
         Outcome::allow()
+    }
+
+    /// A local user's event whose content the SDK could not parse (see [`ContentError`]);
+    /// `ctx.content` is `null` and [`on_send`](Policy::on_send) is not called. Default: deny
+    /// with `M_BAD_JSON`. Content a policy cannot read must never pass as if it were empty:
+    /// a keyword hidden 127 levels deep would otherwise slip past every filter.
+    fn on_unreadable_content(&self, _ctx: &SendContext, error: &ContentError) -> Outcome {
+        Outcome::deny(
+            "M_BAD_JSON",
+            format!(
+                "The policy `{}` cannot read this event's content: {error}",
+                Self::NAME
+            ),
+        )
     }
 
     /// Events about to be served to a client. Default: serve all.

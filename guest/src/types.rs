@@ -399,14 +399,68 @@ pub struct AdminRequest {
     pub args: Value,
 }
 
-impl From<wit::AdminRequest> for AdminRequest {
-    fn from(r: wit::AdminRequest) -> Self {
-        Self {
+impl TryFrom<wit::AdminRequest> for AdminRequest {
+    type Error = String;
+
+    /// Arguments that do not parse are an error answered to the caller, never `null`.
+    fn try_from(r: wit::AdminRequest) -> Result<Self, String> {
+        let args = serde_json::from_str(&r.args_json).map_err(|e| {
+            format!(
+                "the arguments of `{}` are not readable JSON: {e}",
+                r.command
+            )
+        })?;
+        Ok(Self {
             now_ms: r.now_ms,
             command: r.command,
-            args: serde_json::from_str(&r.args_json).unwrap_or(Value::Null),
-        }
+            args,
+        })
     }
+}
+
+/// Event content the SDK could not parse: nested deeper than `serde_json`'s limit (127
+/// levels below the content object), or not JSON at all. The policy sees it through
+/// [`Policy::on_unreadable_content`](crate::Policy::on_unreadable_content), never as empty
+/// content.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContentError {
+    /// The parser's message.
+    pub message: String,
+}
+
+impl std::fmt::Display for ContentError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for ContentError {}
+
+/// The typed send context, and the content's parse error if it has one (the content is then
+/// `null`, and the adapter does not call `on_send`).
+pub(crate) fn send_context(c: wit::SendContext) -> (SendContext, Option<ContentError>) {
+    let (content, error) = match serde_json::from_str(&c.content_json) {
+        Ok(content) => (content, None),
+        Err(e) => (
+            Value::Null,
+            Some(ContentError {
+                message: e.to_string(),
+            }),
+        ),
+    };
+    let ctx = SendContext {
+        now_ms: c.now_ms,
+        sender: c.sender.into(),
+        sender_kind: c.sender_kind,
+        room_id: c.room_id.into(),
+        room_version: c.room_version,
+        event_type: c.event_type,
+        state_key: c.state_key,
+        content,
+        origin_server_ts: c.origin_server_ts,
+        is_server_notices_room: c.is_server_notices_room,
+    };
+    (ctx, error)
 }
 
 /// A configuration the policy refuses: the key and why.
@@ -435,23 +489,6 @@ fn viewer(v: wit::Viewer) -> Viewer {
         wit::Viewer::User(u) => Viewer::User(u.into()),
         wit::Viewer::Server(s) => Viewer::Server(s.into()),
         wit::Viewer::Anonymous => Viewer::Anonymous,
-    }
-}
-
-impl From<wit::SendContext> for SendContext {
-    fn from(c: wit::SendContext) -> Self {
-        Self {
-            now_ms: c.now_ms,
-            sender: c.sender.into(),
-            sender_kind: c.sender_kind,
-            room_id: c.room_id.into(),
-            room_version: c.room_version,
-            event_type: c.event_type,
-            state_key: c.state_key,
-            content: serde_json::from_str(&c.content_json).unwrap_or(Value::Null),
-            origin_server_ts: c.origin_server_ts,
-            is_server_notices_room: c.is_server_notices_room,
-        }
     }
 }
 

@@ -5,12 +5,36 @@ use std::sync::Arc;
 
 use wasmtime::ResourceLimiter;
 
-use crate::{homeserver::Homeserver, storage::Changes, storage::StateStore};
+use crate::{
+    error::FailureCause,
+    homeserver::Homeserver,
+    storage::{Changes, ENTRY_OVERHEAD_BYTES, StateStore},
+};
 
-/// Largest state key a plugin may use, in bytes.
+/// Largest state key or timer id a plugin may use, in bytes.
 pub(crate) const MAX_KEY_BYTES: usize = 1024;
-/// Largest total of values one call may write, in bytes.
+/// Largest total one call may write (state and timers, each entry charged its key, value
+/// and [`ENTRY_OVERHEAD_BYTES`]), in bytes.
 pub(crate) const MAX_WRITE_BYTES_PER_CALL: usize = 8 << 20;
+/// Largest timer payload, in bytes. With [`crate::host::TIMERS_PER_PASS`] it bounds the
+/// payload bytes one timer pass holds.
+pub(crate) const MAX_TIMER_PAYLOAD_BYTES: usize = 64 << 10;
+/// Most keys one `state.keys` call may return; a plugin that needs more must narrow its
+/// prefix (a paged `keys` comes with the next WIT version).
+pub(crate) const MAX_KEYS_ANSWER: usize = 10_000;
+/// Log lines one call may write; later lines are dropped and counted.
+pub(crate) const MAX_LOG_LINES_PER_CALL: u32 = 32;
+/// Log bytes one call may write; later lines are dropped and counted.
+pub(crate) const MAX_LOG_BYTES_PER_CALL: usize = 32 << 10;
+/// Linear memories a plugin instance may have: the canonical ABI uses exactly one.
+pub(crate) const MAX_MEMORIES: usize = 1;
+/// Tables a plugin instance may have (its module's function table and the component's
+/// shim tables).
+pub(crate) const MAX_TABLES: usize = 4;
+/// Core instances one plugin instance may create (its module and the component's shims).
+pub(crate) const MAX_CORE_INSTANCES: usize = 4;
+/// Elements any one table may grow to.
+const MAX_TABLE_ELEMENTS: usize = 100_000;
 
 /// What a `Store` carries for the imports.
 pub(crate) struct CallCtx {
@@ -25,6 +49,12 @@ pub(crate) struct CallCtx {
     /// The last error-level line the plugin logged (the SDK logs panics this way), quoted in
     /// trap reports.
     pub(crate) last_error_log: Option<String>,
+    /// Set when an import refused a call for a limit, so the trap is reported as that limit.
+    pub(crate) limit_failure: Option<FailureCause>,
+    /// Log lines and bytes written in this call, and lines dropped past the limits.
+    pub(crate) log_lines: u32,
+    pub(crate) log_bytes: usize,
+    pub(crate) log_dropped: u64,
     pub(crate) limiter: MemoryLimiter,
 }
 
@@ -43,9 +73,14 @@ impl CallCtx {
             written_bytes: 0,
             store_failed: None,
             last_error_log: None,
+            limit_failure: None,
+            log_lines: 0,
+            log_bytes: 0,
+            log_dropped: 0,
             limiter: MemoryLimiter {
                 cap: memory_cap,
-                hit: false,
+                total: 0,
+                hit: None,
             },
         }
     }
@@ -56,43 +91,87 @@ impl CallCtx {
         self.written_bytes = 0;
         self.store_failed = None;
         self.last_error_log = None;
-        self.limiter.hit = false;
+        self.limit_failure = None;
+        self.log_lines = 0;
+        self.log_bytes = 0;
+        self.log_dropped = 0;
+        self.limiter.hit = None;
     }
 
-    /// Count bytes written in this call; trap past the per-call budget.
-    pub(crate) fn charge(&mut self, bytes: usize) -> wasmtime::Result<()> {
-        self.written_bytes = self.written_bytes.saturating_add(bytes);
-        if self.written_bytes > MAX_WRITE_BYTES_PER_CALL {
-            wasmtime::bail!(
-                "plugin wrote more than {MAX_WRITE_BYTES_PER_CALL} bytes of state in one call"
-            );
+    /// Refuse the call for a limit: recorded so the trap is reported as
+    /// [`FailureCause::LimitExceeded`].
+    pub(crate) fn exceed(&mut self, message: String) -> wasmtime::Error {
+        let err = wasmtime::format_err!("{message}");
+        self.limit_failure = Some(FailureCause::LimitExceeded(message));
+        err
+    }
+
+    /// Refuse an over-long key or timer id.
+    pub(crate) fn check_key(&mut self, what: &str, key: &str) -> wasmtime::Result<()> {
+        if key.len() > MAX_KEY_BYTES {
+            return Err(self.exceed(format!(
+                "{what} of {} bytes exceeds {MAX_KEY_BYTES} bytes",
+                key.len()
+            )));
         }
         Ok(())
     }
+
+    /// Charge one written entry (key, value and the per-entry overhead) against the call's
+    /// write budget; trap past it.
+    pub(crate) fn charge(&mut self, key: usize, value: usize) -> wasmtime::Result<()> {
+        let cost = key
+            .saturating_add(value)
+            .saturating_add(ENTRY_OVERHEAD_BYTES as usize);
+        self.written_bytes = self.written_bytes.saturating_add(cost);
+        if self.written_bytes > MAX_WRITE_BYTES_PER_CALL {
+            return Err(self.exceed(format!(
+                "more than {MAX_WRITE_BYTES_PER_CALL} bytes of state and timers written in one \
+                 call ({ENTRY_OVERHEAD_BYTES} bytes charged per entry)"
+            )));
+        }
+        Ok(())
+    }
+
+    /// A store failure seen by an import: recorded so the trap is reported as a store failure.
+    pub(crate) fn store_error(&mut self, e: crate::error::StoreError) -> wasmtime::Error {
+        self.store_failed = Some(e.to_string());
+        wasmtime::format_err!("state store: {e}")
+    }
 }
 
-/// Caps a plugin's linear memory and records when the cap was hit, so an out-of-memory trap
-/// is reported as such.
+/// Caps a plugin's memories (their total, not each one), tables and instances, and records
+/// which cap was hit, so the trap is reported as such.
 pub(crate) struct MemoryLimiter {
     pub(crate) cap: usize,
-    pub(crate) hit: bool,
+    /// Bytes of all the instance's linear memories together.
+    total: usize,
+    pub(crate) hit: Option<FailureCause>,
 }
 
 impl ResourceLimiter for MemoryLimiter {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        if desired > self.cap {
-            self.hit = true;
+        let total = self.total.saturating_add(desired.saturating_sub(current));
+        if total > self.cap {
+            self.hit = Some(FailureCause::OutOfMemory {
+                limit_bytes: self.cap as u64,
+            });
             wasmtime::bail!(
-                "memory cap of {} bytes reached (wanted {desired})",
+                "memory cap of {} bytes reached (all memories would take {total})",
                 self.cap
             );
         }
+        self.total = total;
         Ok(true)
+    }
+
+    fn memory_grow_failed(&mut self, _error: wasmtime::Error) -> wasmtime::Result<()> {
+        Ok(())
     }
 
     fn table_growing(
@@ -101,22 +180,24 @@ impl ResourceLimiter for MemoryLimiter {
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        if desired > 100_000 {
-            self.hit = true;
-            wasmtime::bail!("table cap of 100000 elements reached (wanted {desired})");
+        if desired > MAX_TABLE_ELEMENTS {
+            self.hit = Some(FailureCause::LimitExceeded(format!(
+                "a table may hold {MAX_TABLE_ELEMENTS} elements (wanted {desired})"
+            )));
+            wasmtime::bail!("table cap of {MAX_TABLE_ELEMENTS} elements reached");
         }
         Ok(true)
     }
 
     fn instances(&self) -> usize {
-        64
+        MAX_CORE_INSTANCES
     }
 
     fn tables(&self) -> usize {
-        64
+        MAX_TABLES
     }
 
     fn memories(&self) -> usize {
-        16
+        MAX_MEMORIES
     }
 }

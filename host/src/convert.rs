@@ -234,12 +234,46 @@ pub(crate) fn actions_from_wit(actions: Vec<wit::Action>) -> Result<Vec<Action>,
         .collect()
 }
 
+/// Most headers a plugin's HTTP response may carry.
+pub(crate) const MAX_HTTP_HEADERS: usize = 64;
+/// What each header costs against the output cap beyond its name and value (the HPACK
+/// per-entry overhead), so a flood of empty headers is not free.
+const HEADER_OVERHEAD_BYTES: usize = 32;
+
+/// Check every header with the `http` crate's own parsers: a name must be a valid token and
+/// a value must not hold CR, LF, NUL or other control characters (response splitting).
+fn check_headers(headers: &[(String, String)]) -> Result<(), FailureCause> {
+    if headers.len() > MAX_HTTP_HEADERS {
+        return Err(invalid(format!(
+            "{} HTTP headers; at most {MAX_HTTP_HEADERS} are allowed",
+            headers.len()
+        )));
+    }
+    for (name, value) in headers {
+        if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+            return Err(invalid(format!(
+                "invalid HTTP header name {:?}",
+                crate::text::sanitize(name, 100)
+            )));
+        }
+        if http::HeaderValue::from_str(value).is_err() {
+            return Err(invalid(format!(
+                "invalid value for HTTP header `{name}` (control characters are not allowed): \
+                 {:?}",
+                crate::text::sanitize(value, 100)
+            )));
+        }
+    }
+    Ok(())
+}
+
 pub(crate) fn http_from_wit(
     r: wit::HttpResponse,
 ) -> Result<(HttpResponse, Vec<Action>), FailureCause> {
     if !(100..=599).contains(&r.status) {
         return Err(invalid(format!("HTTP status {} out of range", r.status)));
     }
+    check_headers(&r.headers)?;
     let actions = actions_from_wit(r.actions)?;
     Ok((
         HttpResponse {
@@ -318,7 +352,7 @@ impl OutputSize for wit::HttpResponse {
             + self
                 .headers
                 .iter()
-                .map(|(k, v)| k.len() + v.len())
+                .map(|(k, v)| k.len() + v.len() + HEADER_OVERHEAD_BYTES)
                 .sum::<usize>()
             + self.actions.output_size()
     }

@@ -38,6 +38,23 @@ pub struct FiredTimer {
     pub id: String,
     /// When it was due.
     pub due_ms: u64,
-    /// Whether `on-timer` succeeded (a failed timer stays scheduled and is retried).
+    /// Whether `on-timer` succeeded (a failed timer is retried later, see `retry_at_ms`).
     pub ok: bool,
+    /// Failed attempts so far, this one included.
+    pub attempts: u32,
+    /// When a failed timer will be tried again.
+    pub retry_at_ms: Option<u64>,
+    /// The timer failed too often and was removed.
+    pub gave_up: bool,
+}
+
+/// Counts of timer calls since a host started, from [`Host::timer_stats`](crate::Host::timer_stats).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct TimerStats {
+    /// `on-timer` calls that succeeded.
+    pub fired: u64,
+    /// `on-timer` calls that failed.
+    pub failed: u64,
+    /// Timers removed after failing too often.
+    pub given_up: u64,
 }

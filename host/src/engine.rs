@@ -17,7 +17,7 @@ use wasmtime::{
 
 use crate::{
     bindings::Policy,
-    context::CallCtx,
+    context::{CallCtx, MAX_CORE_INSTANCES, MAX_MEMORIES, MAX_TABLES},
     error::{Error, Result},
 };
 
@@ -55,6 +55,10 @@ pub(crate) struct Runtime {
     pub(crate) engine: Engine,
     pub(crate) linker: Linker<CallCtx>,
     pub(crate) max_memory_bytes: Option<usize>,
+    /// Plugin instances the pool holds at once (`None`: on-demand allocation, no cap). The
+    /// chain's concurrency limits are reserved against it, less one slot kept for the
+    /// instances a load creates to validate a plugin.
+    pub(crate) pool_instances: Option<u32>,
     _ticker: Ticker,
 }
 
@@ -69,11 +73,17 @@ fn config(allocation: Allocation) -> Config {
         max_memory_bytes,
     } = allocation
     {
+        // Sized so that `max_instances` plugin instances always fit: each may use at most
+        // the memories, tables and core instances the limiter allows it.
+        let per = |n: usize| max_instances.saturating_mul(n as u32);
         let mut pool = PoolingAllocationConfig::default();
         pool.total_component_instances(max_instances)
-            .total_core_instances(max_instances.saturating_mul(2))
-            .total_memories(max_instances)
-            .total_tables(max_instances.saturating_mul(2))
+            .total_core_instances(per(MAX_CORE_INSTANCES))
+            .total_memories(per(MAX_MEMORIES))
+            .total_tables(per(MAX_TABLES))
+            .max_core_instances_per_component(MAX_CORE_INSTANCES as u32)
+            .max_memories_per_component(MAX_MEMORIES as u32)
+            .max_tables_per_component(MAX_TABLES as u32)
             .max_memory_size(max_memory_bytes)
             // Reset a slot's first pages with memset instead of giving them back to the
             // kernel: a fresh instance per call would otherwise page-fault them all again.
@@ -87,19 +97,20 @@ fn config(allocation: Allocation) -> Config {
 
 impl Runtime {
     pub(crate) fn new(allocation: Allocation) -> Result<Self> {
-        let (engine, max_memory_bytes) = match allocation {
+        let (engine, max_memory_bytes, pool_instances) = match allocation {
             Allocation::Pooling {
-                max_memory_bytes, ..
+                max_memory_bytes,
+                max_instances,
             } => match Engine::new(&config(allocation)) {
-                Ok(engine) => (engine, Some(max_memory_bytes)),
+                Ok(engine) => (engine, Some(max_memory_bytes), Some(max_instances)),
                 Err(e) => {
                     tracing::warn!(
                         "pooling allocator unavailable ({e:#}); using on-demand allocation"
                     );
-                    (Self::on_demand()?, None)
+                    (Self::on_demand()?, None, None)
                 }
             },
-            Allocation::OnDemand => (Self::on_demand()?, None),
+            Allocation::OnDemand => (Self::on_demand()?, None, None),
         };
         let mut linker = Linker::new(&engine);
         Policy::add_to_linker::<CallCtx, HasSelf<CallCtx>>(&mut linker, |ctx| ctx)
@@ -109,6 +120,7 @@ impl Runtime {
             engine,
             linker,
             max_memory_bytes,
+            pool_instances,
             _ticker: ticker,
         })
     }

@@ -88,6 +88,17 @@ pub enum Error {
     /// The wasmtime engine could not be set up.
     #[error("engine: {0}")]
     Engine(String),
+    /// A limit in a [`PluginSpec`](crate::PluginSpec) or the host's configuration is out of
+    /// its allowed range.
+    #[error("plugin `{plugin}`: invalid limit `{limit}`: {message}")]
+    InvalidLimit {
+        /// The plugin (its instance name).
+        plugin: String,
+        /// The limit, as its builder method is named (`deadline`, `memory_limit`, ...).
+        limit: &'static str,
+        /// The allowed range and the value given.
+        message: String,
+    },
 }
 
 /// A failure of one plugin during one hook call. Contained: the host applies the plugin's
@@ -147,6 +158,26 @@ pub enum FailureCause {
     Config(String),
     /// The state store failed while committing the call's writes.
     Store(String),
+    /// The plugin overflowed its stack: wasmtime's native stack limit, or the shadow stack a
+    /// Rust or C guest keeps in its linear memory (which wraps below address zero and faults
+    /// at the top of the 32-bit address space).
+    StackOverflow,
+    /// The plugin exceeded a per-call limit: state written in one call, the size of a key,
+    /// timer id or timer payload, the number of keys one `keys` call may return.
+    LimitExceeded(String),
+    /// The plugin's persistent state quota (keys, bytes or scheduled timers) would be
+    /// exceeded by the call's writes; the writes are dropped.
+    QuotaExceeded(String),
+    /// The plugin already runs as many calls as its concurrency limit allows, and no slot
+    /// freed up within its deadline. Only this plugin's calls are refused.
+    Busy {
+        /// The plugin's concurrency limit.
+        max_concurrency: u32,
+    },
+    /// wasmtime's instance pool had no free slot (memories, tables or instances). The host
+    /// reserves pool capacity per plugin, so this means the pool is configured smaller than
+    /// the chain needs.
+    PoolExhausted(String),
 }
 
 impl fmt::Display for FailureCause {
@@ -163,6 +194,14 @@ impl fmt::Display for FailureCause {
             Self::InvalidOutput(msg) => write!(f, "invalid output: {msg}"),
             Self::Config(msg) => write!(f, "config refused: {msg}"),
             Self::Store(msg) => write!(f, "state store failed: {msg}"),
+            Self::StackOverflow => write!(f, "stack overflow"),
+            Self::LimitExceeded(msg) => write!(f, "limit exceeded: {msg}"),
+            Self::QuotaExceeded(msg) => write!(f, "state quota exceeded: {msg}"),
+            Self::Busy { max_concurrency } => write!(
+                f,
+                "busy: all {max_concurrency} concurrent calls allowed for this plugin are in use"
+            ),
+            Self::PoolExhausted(msg) => write!(f, "instance pool exhausted: {msg}"),
         }
     }
 }
@@ -177,4 +216,23 @@ impl StoreError {
     pub fn new(err: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
         Self(err.into())
     }
+
+    /// The quota violation, if this error is one.
+    pub fn quota_exceeded(&self) -> Option<&QuotaExceeded> {
+        self.0.downcast_ref()
+    }
+}
+
+/// The error a [`StateStore`](crate::StateStore) returns (inside a [`StoreError`]) when a
+/// commit would take a plugin past its [`Quota`](crate::Quota). The host reports it as
+/// [`FailureCause::QuotaExceeded`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{what}: {used} after this call, quota {limit}")]
+pub struct QuotaExceeded {
+    /// Which quota: `keys`, `bytes` or `timers`.
+    pub what: &'static str,
+    /// The usage the commit would reach.
+    pub used: u64,
+    /// The quota.
+    pub limit: u64,
 }

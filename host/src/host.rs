@@ -1,6 +1,9 @@
 //! [`Host`]: the chain of plugins a homeserver calls, its composition rules, and hot swapping.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{
+    Arc, Mutex,
+    atomic::{AtomicU64, Ordering},
+};
 
 use arc_swap::ArcSwap;
 use serde::Serialize;
@@ -11,14 +14,15 @@ use crate::{
     clock::{Clock, SystemClock},
     context::CallCtx,
     convert,
-    decision::{Decision, FiredTimer},
+    decision::{Decision, FiredTimer, TimerStats},
     engine::{Allocation, Runtime},
     error::{Error, FailureCause, PluginFailure, Result},
     homeserver::Homeserver,
+    json::{self, DEFAULT_MAX_CONTENT_DEPTH},
     plugin::Plugin,
     redact,
     spec::PluginSpec,
-    storage::StateStore,
+    storage::{Changes, Quota, ScheduledTimer, StateStore},
     types::{
         Deactivation, FailurePolicy, Hook, HttpRequest, HttpResponse, MatrixError, MediaFetch,
         MediaUpload, PluginInfo, Reactivation, SendEvent, ServeEvent, ServeVerdict, ServedEvent,
@@ -38,14 +42,46 @@ impl Generation {
     fn find(&self, name: &str, hook: Hook) -> Option<&Arc<Plugin>> {
         self.plugins
             .iter()
-            .find(|p| p.info.name == name && p.wants(hook))
+            .find(|p| &*p.name == name && p.wants(hook))
     }
+
+    fn position(&self, name: &str) -> Option<usize> {
+        self.plugins.iter().position(|p| &*p.name == name)
+    }
+
+    /// Whether any plugin of the chain declared `hook`.
+    fn any_wants(&self, hook: Hook) -> bool {
+        self.plugins.iter().any(|p| p.wants(hook))
+    }
+}
+
+/// Most due timers one [`Host::run_timers`] pass fires by default. With the 64 KiB cap on
+/// a timer's payload this also bounds the payload bytes a pass holds (16 MiB).
+pub const DEFAULT_TIMERS_PER_PASS: usize = 256;
+/// Failed attempts after which a timer is given up (removed, reported and counted).
+pub const MAX_TIMER_ATTEMPTS: u32 = 10;
+/// Delay before the first retry of a failed timer; each further retry waits four times
+/// longer, up to [`TIMER_RETRY_MAX_MS`]. Ten attempts span about a day and a half, time for
+/// an operator to swap in a fixed plugin.
+pub const TIMER_RETRY_BASE_MS: u64 = 10_000;
+/// Longest delay between two attempts of a failing timer: 6 hours.
+pub const TIMER_RETRY_MAX_MS: u64 = 6 * 3600 * 1000;
+
+/// The delay before attempt `attempts + 1` of a timer that failed `attempts` times.
+fn retry_delay_ms(attempts: u32) -> u64 {
+    let factor = 4u64.saturating_pow(attempts.saturating_sub(1));
+    TIMER_RETRY_BASE_MS
+        .saturating_mul(factor)
+        .min(TIMER_RETRY_MAX_MS)
 }
 
 /// A loaded plugin, as reported by [`Host::plugins`] and [`Host::inspect`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct PluginReport {
-    /// Name, version, hooks.
+    /// The instance name the operator gave (or the reported name, when none was given): the
+    /// key of the chain, the state and the web endpoints.
+    pub instance: String,
+    /// Name, version and hooks, as the component reports them.
     #[serde(flatten)]
     pub info: PluginInfo,
     /// SHA-256 of the component's bytes, hex.
@@ -57,6 +93,7 @@ pub struct PluginReport {
 impl PluginReport {
     fn of(p: &Plugin) -> Self {
         Self {
+            instance: p.name.to_string(),
             info: p.info.clone(),
             sha256: p.sha256.clone(),
             imports: p.imports.clone(),
@@ -79,6 +116,8 @@ pub struct HostBuilder {
     homeserver: Arc<dyn Homeserver>,
     clock: Arc<dyn Clock>,
     allocation: Allocation,
+    max_content_depth: usize,
+    timers_per_pass: usize,
 }
 
 impl HostBuilder {
@@ -100,8 +139,37 @@ impl HostBuilder {
         self
     }
 
+    /// Deepest event content accepted (the content object is level 1). Default
+    /// [`DEFAULT_MAX_CONTENT_DEPTH`](crate::DEFAULT_MAX_CONTENT_DEPTH); on-send refuses
+    /// deeper content with `M_BAD_JSON` before any plugin sees it.
+    pub fn max_content_depth(mut self, levels: usize) -> Self {
+        self.max_content_depth = levels;
+        self
+    }
+
+    /// Most due timers one [`Host::run_timers`] pass fires. Default
+    /// [`DEFAULT_TIMERS_PER_PASS`].
+    pub fn timers_per_pass(mut self, timers: usize) -> Self {
+        self.timers_per_pass = timers;
+        self
+    }
+
     /// Create the host (engine, linker, epoch thread) with an empty chain.
     pub fn build(self) -> Result<Host> {
+        if !(1..=100_000).contains(&self.timers_per_pass) {
+            return Err(Error::InvalidLimit {
+                plugin: "(host)".into(),
+                limit: "timers_per_pass",
+                message: format!("{} is outside 1..=100000", self.timers_per_pass),
+            });
+        }
+        if !(1..=4096).contains(&self.max_content_depth) {
+            return Err(Error::InvalidLimit {
+                plugin: "(host)".into(),
+                limit: "max_content_depth",
+                message: format!("{} is outside 1..=4096", self.max_content_depth),
+            });
+        }
         Ok(Host {
             runtime: Arc::new(Runtime::new(self.allocation)?),
             state: self
@@ -115,8 +183,18 @@ impl HostBuilder {
             }),
             writer: Mutex::new(()),
             timers: Mutex::new(()),
+            max_content_depth: self.max_content_depth,
+            timers_per_pass: self.timers_per_pass,
+            timer_stats: TimerCounters::default(),
         })
     }
+}
+
+#[derive(Default)]
+struct TimerCounters {
+    fired: AtomicU64,
+    failed: AtomicU64,
+    given_up: AtomicU64,
 }
 
 /// The policy host a homeserver embeds: an ordered chain of plugins and the hooks to call them.
@@ -134,6 +212,9 @@ pub struct Host {
     writer: Mutex<()>,
     /// Serialises timer runs so a timer never fires twice concurrently.
     timers: Mutex<()>,
+    max_content_depth: usize,
+    timers_per_pass: usize,
+    timer_stats: TimerCounters,
 }
 
 /// A hook's call on the bindings.
@@ -147,6 +228,8 @@ impl Host {
             homeserver,
             clock: Arc::new(SystemClock),
             allocation: Allocation::default(),
+            max_content_depth: DEFAULT_MAX_CONTENT_DEPTH,
+            timers_per_pass: DEFAULT_TIMERS_PER_PASS,
         }
     }
 
@@ -155,23 +238,24 @@ impl Host {
     }
 
     fn compile(&self, spec: PluginSpec) -> Result<Plugin> {
-        let plugin = Plugin::compile(
+        Plugin::compile(
             &self.runtime,
             spec,
             self.state.clone(),
             self.homeserver.clone(),
-        )?;
-        plugin.check_config(&self.runtime)?;
-        Ok(plugin)
+            true,
+        )
     }
 
     /// Compile and describe a plugin and validate its configuration, without loading it.
     pub fn inspect(&self, spec: PluginSpec) -> Result<Inspection> {
+        let _w = self.lock_writer();
         let plugin = Plugin::compile(
             &self.runtime,
             spec,
             self.state.clone(),
             self.homeserver.clone(),
+            false,
         )?;
         Ok(Inspection {
             report: PluginReport::of(&plugin),
@@ -179,51 +263,91 @@ impl Host {
         })
     }
 
-    /// Load a plugin at the end of the chain.
-    pub fn load(&self, spec: PluginSpec) -> Result<PluginReport> {
-        let plugin = self.compile(spec)?;
-        let _w = self.lock_writer();
-        let current = self.chain.load();
-        if current
-            .plugins
+    /// Check that the chain's concurrency limits fit the instance pool, one slot kept free for
+    /// the instances a load creates to validate a plugin. `plugins` is the chain to be.
+    fn check_pool(&self, plugins: &[Arc<Plugin>], new: &Plugin) -> Result<()> {
+        let Some(pool) = self.runtime.pool_instances else {
+            return Ok(());
+        };
+        let reserved: u64 = plugins
             .iter()
-            .any(|p| p.info.name == plugin.info.name)
-        {
-            return Err(Error::Duplicate(plugin.info.name.clone()));
+            .map(|p| u64::from(p.settings.max_concurrency))
+            .sum();
+        let available = u64::from(pool).saturating_sub(1);
+        if reserved > available {
+            return Err(Error::InvalidLimit {
+                plugin: new.name.to_string(),
+                limit: "max_concurrency",
+                message: format!(
+                    "the chain's concurrency limits add up to {reserved} instances, but the \
+                     instance pool holds {pool} (one kept for loading); lower some plugins' \
+                     max_concurrency or raise the pool's max_instances"
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// Load a plugin at the end of the chain. It is keyed by its instance name
+    /// ([`PluginSpec::instance`]), by default the name it reports.
+    pub fn load(&self, spec: PluginSpec) -> Result<PluginReport> {
+        // Compiling under the writer lock keeps at most one validation instance alive at a
+        // time, the pool slot `check_pool` keeps free.
+        let _w = self.lock_writer();
+        let plugin = self.compile(spec)?;
+        plugin.check_config(&self.runtime)?;
+        let current = self.chain.load();
+        if current.position(&plugin.name).is_some() {
+            return Err(Error::Duplicate(plugin.name.to_string()));
         }
         let report = PluginReport::of(&plugin);
+        let plugin = Arc::new(plugin);
         let mut plugins = current.plugins.clone();
-        plugins.push(Arc::new(plugin));
+        plugins.push(plugin.clone());
+        self.check_pool(&plugins, &plugin)?;
         self.chain.store(Arc::new(Generation {
             number: current.number + 1,
             plugins,
         }));
-        tracing::info!(plugin = %report.info.name, version = %report.info.version, "plugin loaded");
+        tracing::info!(
+            plugin = %report.instance,
+            component = %report.info.name,
+            version = %report.info.version,
+            "plugin loaded"
+        );
         Ok(report)
     }
 
-    /// Replace the plugin `name` with a new build (or new configuration), keeping its place in
-    /// the chain and its state. The new build is compiled and its configuration validated
+    /// Replace the plugin instance `name` with a new build (or new configuration), keeping
+    /// its place in the chain, its state and its concurrency slots. The new build must report
+    /// the same component name as the old one (a different plugin is unloaded and loaded, not
+    /// swapped in over another's state). It is compiled and its configuration validated
     /// before the swap; on any error the old plugin stays. Calls in flight finish on the old
     /// build; calls that start after the swap use the new one.
     pub fn replace(&self, name: &str, spec: PluginSpec) -> Result<PluginReport> {
-        let plugin = self.compile(spec)?;
-        if plugin.info.name != name {
-            return Err(Error::NameMismatch {
-                expected: name.to_owned(),
-                found: plugin.info.name.clone(),
-            });
-        }
         let _w = self.lock_writer();
         let current = self.chain.load();
         let index = current
-            .plugins
-            .iter()
-            .position(|p| p.info.name == name)
+            .position(name)
             .ok_or_else(|| Error::NoSuchPlugin(name.to_owned()))?;
+        let old = &current.plugins[index];
+        let mut plugin = self.compile(spec.instance(name))?;
+        if plugin.info.name != old.info.name {
+            return Err(Error::NameMismatch {
+                expected: old.info.name.clone(),
+                found: plugin.info.name.clone(),
+            });
+        }
+        plugin.check_config(&self.runtime)?;
+        // In-flight calls of the old build keep counting against the instance's limit.
+        plugin.slots = old.slots.clone();
+        let limit = plugin.settings.max_concurrency;
         let report = PluginReport::of(&plugin);
+        let plugin = Arc::new(plugin);
         let mut plugins = current.plugins.clone();
-        plugins[index] = Arc::new(plugin);
+        plugins[index] = plugin.clone();
+        self.check_pool(&plugins, &plugin)?;
+        plugin.slots.set_limit(limit);
         self.chain.store(Arc::new(Generation {
             number: current.number + 1,
             plugins,
@@ -232,17 +356,17 @@ impl Host {
         Ok(report)
     }
 
-    /// Remove the plugin `name` from the chain. Its state stays in the store.
+    /// Remove the plugin instance `name` from the chain. Its state stays in the store.
     pub fn unload(&self, name: &str) -> Result<()> {
         let _w = self.lock_writer();
         let current = self.chain.load();
-        if !current.plugins.iter().any(|p| p.info.name == name) {
+        if current.position(name).is_none() {
             return Err(Error::NoSuchPlugin(name.to_owned()));
         }
         let plugins = current
             .plugins
             .iter()
-            .filter(|p| p.info.name != name)
+            .filter(|p| &*p.name != name)
             .cloned()
             .collect();
         self.chain.store(Arc::new(Generation {
@@ -274,7 +398,7 @@ impl Host {
 
     /// List a plugin's state keys under `prefix`.
     pub fn list_state(&self, plugin: &str, prefix: &str) -> Result<Vec<String>> {
-        Ok(self.state.list(plugin, prefix)?)
+        Ok(self.state.list(plugin, prefix, usize::MAX)?)
     }
 
     fn now(&self) -> u64 {
@@ -283,7 +407,7 @@ impl Host {
 
     fn failure(plugin: &Plugin, hook: Hook, cause: FailureCause) -> PluginFailure {
         let failure = PluginFailure {
-            plugin: plugin.info.name.clone(),
+            plugin: plugin.name.to_string(),
             hook,
             cause,
             applied: plugin.settings.failure_policy(hook),
@@ -308,7 +432,7 @@ impl Host {
                     decision.actions.extend(actions);
                     if !verdict.is_allow() {
                         decision.outcome = verdict;
-                        decision.decided_by = Some(plugin.info.name.clone());
+                        decision.decided_by = Some(plugin.name.to_string());
                         break;
                     }
                 }
@@ -317,9 +441,8 @@ impl Host {
                     let closed = failure.applied == FailurePolicy::Closed;
                     decision.failures.push(failure);
                     if closed {
-                        decision.outcome =
-                            Verdict::Deny(fail_closed_error(hook, &plugin.info.name));
-                        decision.decided_by = Some(plugin.info.name.clone());
+                        decision.outcome = Verdict::Deny(fail_closed_error(hook, &plugin.name));
+                        decision.decided_by = Some(plugin.name.to_string());
                         break;
                     }
                 }
@@ -330,7 +453,22 @@ impl Host {
 
     /// A local user's event, before the homeserver accepts it. A `Deny` carries the Matrix
     /// error to return (HTTP 403; see [`MatrixError::to_body`]).
+    ///
+    /// Content nested deeper than the host accepts
+    /// ([`HostBuilder::max_content_depth`]) is refused with `M_BAD_JSON` before any plugin
+    /// runs (`decided_by` is `None`): no policy could read it, so it must not pass unread.
     pub fn on_send(&self, event: &SendEvent) -> Decision<Verdict> {
+        if json::depth_exceeds(&event.content, self.max_content_depth)
+            && self.chain.load().any_wants(Hook::OnSend)
+        {
+            return Decision::new(Verdict::Deny(MatrixError::new(
+                "M_BAD_JSON",
+                format!(
+                    "Event content nests deeper than {} levels",
+                    self.max_content_depth
+                ),
+            )));
+        }
         let ctx = convert::send_to_wit(event, self.now());
         self.run_verdict(Hook::OnSend, &|b, s| b.call_on_send(s, &ctx))
     }
@@ -460,7 +598,7 @@ impl Host {
                         verdicts
                             .iter_mut()
                             .for_each(|v| *v = ServeVerdict::Withhold);
-                        decision.decided_by = Some(plugin.info.name.clone());
+                        decision.decided_by = Some(plugin.name.to_string());
                     }
                     decision.failures.push(failure);
                 }
@@ -523,6 +661,15 @@ impl Host {
         let p = chain
             .find(plugin, Hook::OnAdmin)
             .ok_or_else(|| Error::NoSuchPlugin(plugin.to_owned()))?;
+        if json::depth_exceeds(args, self.max_content_depth) {
+            return Err(Error::BadInput {
+                hook: Hook::OnAdmin,
+                message: format!(
+                    "arguments nest deeper than {} levels",
+                    self.max_content_depth
+                ),
+            });
+        }
         let req = wit::AdminRequest {
             now_ms: self.now(),
             command: command.to_owned(),
@@ -551,15 +698,30 @@ impl Host {
         }
     }
 
-    /// Fire every timer due at the clock's current time, in due order. A timer is removed when
-    /// its `on-timer` call succeeds (unless the call rescheduled it); a failed call leaves it
-    /// scheduled, to be retried at the next run. Timers of plugins not in the chain wait.
+    /// Fire the timers due at the clock's current time, in due order, at most
+    /// [`HostBuilder::timers_per_pass`] of them: call it periodically (every second, say)
+    /// and a backlog drains pass by pass without any one call taking long. A timer is removed
+    /// when its `on-timer` call succeeds (unless the call rescheduled it). A failed call's
+    /// writes are dropped and the timer is retried with exponential backoff
+    /// ([`TIMER_RETRY_BASE_MS`] times 4 per attempt, at most [`TIMER_RETRY_MAX_MS`]); after
+    /// [`MAX_TIMER_ATTEMPTS`] failures it is given up: removed, reported with
+    /// [`FiredTimer::gave_up`] and counted in [`Host::timer_stats`]. Timers of plugins not in
+    /// the chain wait, without taking room in a pass.
     pub fn run_timers(&self) -> Result<Decision<Vec<FiredTimer>>> {
         let _t = self.timers.lock().unwrap_or_else(|e| e.into_inner());
         let now = self.now();
-        let due = self.state.due_timers(now)?;
         let chain = self.chain.load();
         let mut decision = Decision::new(Vec::new());
+        let names: Vec<&str> = chain
+            .plugins
+            .iter()
+            .filter(|p| p.wants(Hook::OnTimer))
+            .map(|p| &*p.name)
+            .collect();
+        if names.is_empty() {
+            return Ok(decision);
+        }
+        let due = self.state.due_timers(now, &names, self.timers_per_pass)?;
         for timer in due {
             let Some(plugin) = chain.find(&timer.plugin, Hook::OnTimer) else {
                 continue;
@@ -568,7 +730,7 @@ impl Host {
                 now_ms: now,
                 id: timer.id.clone(),
                 due_ms: timer.due_ms,
-                payload: timer.payload.clone(),
+                payload: timer.payload,
             };
             let result = plugin
                 .call(&self.runtime, |b, s| b.call_on_timer(s, &ctx))
@@ -578,26 +740,64 @@ impl Host {
                     plugin.commit(&changes)?;
                     Ok(actions)
                 });
-            let ok = match result {
-                Ok(actions) => {
-                    decision.actions.extend(actions);
-                    true
-                }
-                Err(cause) => {
-                    decision
-                        .failures
-                        .push(Self::failure(plugin, Hook::OnTimer, cause));
-                    false
-                }
-            };
-            decision.outcome.push(FiredTimer {
+            let mut fired = FiredTimer {
                 plugin: timer.plugin,
                 id: timer.id,
                 due_ms: timer.due_ms,
-                ok,
-            });
+                ok: true,
+                attempts: timer.attempts,
+                retry_at_ms: None,
+                gave_up: false,
+            };
+            match result {
+                Ok(actions) => {
+                    self.timer_stats.fired.fetch_add(1, Ordering::Relaxed);
+                    decision.actions.extend(actions);
+                }
+                Err(cause) => {
+                    self.timer_stats.failed.fetch_add(1, Ordering::Relaxed);
+                    decision
+                        .failures
+                        .push(Self::failure(plugin, Hook::OnTimer, cause));
+                    fired.ok = false;
+                    fired.attempts = timer.attempts.saturating_add(1);
+                    let retry = if fired.attempts >= MAX_TIMER_ATTEMPTS {
+                        fired.gave_up = true;
+                        self.timer_stats.given_up.fetch_add(1, Ordering::Relaxed);
+                        tracing::error!(
+                            plugin = %fired.plugin,
+                            timer = %crate::text::sanitize(&fired.id, 200),
+                            "timer failed {} times; given up and removed",
+                            fired.attempts
+                        );
+                        None
+                    } else {
+                        let at = now.saturating_add(retry_delay_ms(fired.attempts));
+                        fired.retry_at_ms = Some(at);
+                        Some(ScheduledTimer {
+                            due_ms: at,
+                            payload: ctx.payload,
+                            attempts: fired.attempts,
+                        })
+                    };
+                    let mut changes = Changes::default();
+                    changes.timers.insert(fired.id.clone(), retry);
+                    self.state
+                        .commit(&plugin.name, &changes, &Quota::UNLIMITED)?;
+                }
+            }
+            decision.outcome.push(fired);
         }
         Ok(decision)
+    }
+
+    /// Counts of timer calls since the host started: succeeded, failed, given up.
+    pub fn timer_stats(&self) -> TimerStats {
+        TimerStats {
+            fired: self.timer_stats.fired.load(Ordering::Relaxed),
+            failed: self.timer_stats.failed.load(Ordering::Relaxed),
+            given_up: self.timer_stats.given_up.load(Ordering::Relaxed),
+        }
     }
 }
 
@@ -621,7 +821,11 @@ fn apply_serve_verdict(
     let event_id = e.event.get("event_id").cloned();
     let result = match verdict {
         ServeVerdict::Serve => Ok(Some(e.event)),
-        ServeVerdict::Withhold => Ok(None),
+        ServeVerdict::Withhold => {
+            // A withheld event may be arbitrarily deep: take it apart without recursion.
+            json::drop_deep(e.event);
+            Ok(None)
+        }
         ServeVerdict::Redact => redact::redact_event(e.event, &e.room_version).map(Some),
         ServeVerdict::Pseudonymize => redact::pseudonymize_event(
             e.event,

@@ -15,7 +15,7 @@
 //! let homeserver = Arc::new(MemoryHomeserver::new(owned_server_name!("hs.example")));
 //! let host = Host::builder(homeserver).build()?;
 //! host.load(
-//!     PluginSpec::file("target/plugins/keyword_filter.wasm")
+//!     PluginSpec::file("target/plugins/keyword-filter.wasm")
 //!         .config(serde_json::json!({"keywords": ["buy now"]})),
 //! )?;
 //!
@@ -66,27 +66,40 @@ mod convert;
 mod decision;
 mod engine;
 mod error;
+mod file;
 mod homeserver;
 mod host;
 mod imports;
+mod json;
 mod plugin;
 mod redact;
+mod slots;
 mod spec;
 mod storage;
+mod text;
 mod types;
 
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use decision::{Decision, FiredTimer};
+pub use decision::{Decision, FiredTimer, TimerStats};
 pub use engine::Allocation;
-pub use error::{Error, FailureCause, PluginFailure, Result, StoreError};
+pub use error::{Error, FailureCause, PluginFailure, QuotaExceeded, Result, StoreError};
+pub use file::{MAX_COMPONENT_BYTES, read_bounded, read_bounded_to_string};
 pub use homeserver::{Homeserver, MemoryHomeserver};
-pub use host::{Host, HostBuilder, Inspection, PluginReport};
+pub use host::{
+    DEFAULT_TIMERS_PER_PASS, Host, HostBuilder, Inspection, MAX_TIMER_ATTEMPTS, PluginReport,
+    TIMER_RETRY_BASE_MS, TIMER_RETRY_MAX_MS,
+};
+pub use json::DEFAULT_MAX_CONTENT_DEPTH;
 pub use plugin::ALLOWED_IMPORTS;
 pub use ruma;
 pub use spec::{
-    DEFAULT_DEADLINE, DEFAULT_MAX_OUTPUT_BYTES, DEFAULT_MEMORY_BYTES, InstanceMode, PluginSpec,
+    DEFAULT_DEADLINE, DEFAULT_MAX_CONCURRENCY, DEFAULT_MAX_OUTPUT_BYTES, DEFAULT_MEMORY_BYTES,
+    DEFAULT_QUOTA, InstanceMode, PluginSpec,
 };
-pub use storage::{Changes, MemoryStore, StateStore, Timer};
+pub use storage::{
+    Changes, ENTRY_OVERHEAD_BYTES, MemoryStore, Quota, ScheduledTimer, StateStore, Timer,
+    entry_bytes,
+};
 pub use types::{
     Action, Deactivation, FailurePolicy, HistoryVisibility, Hook, HttpRequest, HttpResponse,
     MatrixError, MediaFetch, MediaUpload, PluginInfo, Reactivation, Requester, SendEvent,

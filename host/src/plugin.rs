@@ -4,17 +4,19 @@
 use std::sync::{Arc, Mutex};
 
 use sha2::{Digest, Sha256};
-use wasmtime::{Store, Trap, component::Component};
+use wasmtime::{PoolConcurrencyLimitError, Store, Trap, component::Component};
 
 use crate::{
     bindings::{Policy, PolicyPre},
-    context::CallCtx,
+    context::{CallCtx, MAX_CORE_INSTANCES, MAX_MEMORIES, MAX_TABLES},
     convert::{self, OutputSize},
     engine::Runtime,
     error::{Error, FailureCause, Result},
     homeserver::Homeserver,
+    slots::Slots,
     spec::{InstanceMode, PluginSpec, Settings, Source},
     storage::{Changes, StateStore},
+    text,
     types::{Hook, PluginInfo},
 };
 
@@ -27,8 +29,20 @@ pub const ALLOWED_IMPORTS: [&str; 5] = [
     "mxpolicy:policy/homeserver@0.1.0",
 ];
 
-/// Warm instances kept per plugin in [`InstanceMode::Reuse`].
+/// Warm instances kept per plugin in [`InstanceMode::Reuse`] (never more than its
+/// concurrency limit, since only calls holding a slot create instances).
 const MAX_IDLE_INSTANCES: usize = 16;
+/// Longest version string a plugin may report.
+const MAX_VERSION_BYTES: usize = 64;
+/// Most hook entries `describe` may list (there are ten hooks).
+const MAX_DESCRIBED_HOOKS: usize = 32;
+/// Longest config-error key and message kept from `init`.
+const MAX_CONFIG_KEY: usize = 256;
+const MAX_CONFIG_MESSAGE: usize = 1024;
+/// A fault this close to the top of the 32-bit address space is a shadow stack that wrapped
+/// below zero: Rust and C guests keep their stack at the bottom of linear memory
+/// (`--stack-first`), so an overflow turns the stack pointer into an address near 4 GiB.
+const STACK_WRAP_ZONE: u64 = 16 << 20;
 
 struct Warm {
     store: Store<CallCtx>,
@@ -37,7 +51,10 @@ struct Warm {
 
 /// A plugin ready to be called.
 pub(crate) struct Plugin {
+    /// What the component reports about itself (name, version, hooks). The name is only
+    /// reported, never used as a key.
     pub(crate) info: PluginInfo,
+    /// The instance name the operator chose: the key of the chain, the state and timers.
     pub(crate) name: Arc<str>,
     pub(crate) sha256: String,
     pub(crate) imports: Vec<String>,
@@ -47,6 +64,8 @@ pub(crate) struct Plugin {
     state: Arc<dyn StateStore>,
     homeserver: Arc<dyn Homeserver>,
     idle: Mutex<Vec<Warm>>,
+    /// Calls in flight, shared with the other builds of the same instance.
+    pub(crate) slots: Arc<Slots>,
 }
 
 /// Names of the plugin's imports, as `component_type` reports them.
@@ -58,7 +77,7 @@ fn import_names(component: &Component, rt: &Runtime) -> Vec<String> {
         .collect()
 }
 
-fn valid_name(name: &str) -> bool {
+pub(crate) fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 64
         && name
@@ -67,7 +86,8 @@ fn valid_name(name: &str) -> bool {
 }
 
 impl Plugin {
-    /// Compile, check imports and describe. The configuration is checked separately by
+    /// Compile, check imports and describe. `keyed` is false for an inspection, which needs
+    /// no valid instance name. The configuration is checked separately by
     /// [`check_config`](Self::check_config), so `mxpolicy check` can describe a plugin whose
     /// configuration is wrong.
     pub(crate) fn compile(
@@ -75,17 +95,32 @@ impl Plugin {
         spec: PluginSpec,
         state: Arc<dyn StateStore>,
         homeserver: Arc<dyn Homeserver>,
+        keyed: bool,
     ) -> Result<Self> {
-        let label = spec.source.label();
+        // The instance name is the operator's: given explicitly, or the file's stem, or the
+        // label of a byte source. Never the name the component reports.
+        let (instance, label) = match &spec.instance {
+            Some(name) => (name.clone(), name.clone()),
+            None => (spec.source.default_instance(), spec.source.label()),
+        };
         let load_err = |message: String| Error::Load {
             plugin: label.clone(),
             message,
         };
-        let bytes = match spec.source {
-            Source::File(path) => std::fs::read(&path)
-                .map_err(|e| load_err(format!("cannot read {}: {e}", path.display())))?,
-            Source::Bytes { bytes, .. } => bytes,
+        // An inspection keys nothing: any file name will do.
+        let instance = if !keyed && !valid_name(&instance) {
+            "inspected".to_owned()
+        } else {
+            instance
         };
+        if !valid_name(&instance) {
+            return Err(load_err(format!(
+                "instance name {:?} is invalid: names are 1-64 of a-z, 0-9 and `-`; name the \
+                 instance with `PluginSpec::instance`",
+                text::sanitize(&instance, 80)
+            )));
+        }
+        spec.settings.validate(&label)?;
         if let Some(limit) = rt.max_memory_bytes
             && spec.settings.memory_bytes > limit
         {
@@ -94,6 +129,13 @@ impl Plugin {
                 spec.settings.memory_bytes
             )));
         }
+        let bytes = match spec.source {
+            Source::File(path) => {
+                crate::file::read_bounded(&path, crate::file::MAX_COMPONENT_BYTES)
+                    .map_err(|e| load_err(format!("cannot read {}: {e}", path.display())))?
+            }
+            Source::Bytes { bytes, .. } => bytes,
+        };
         let sha256 = hex::encode(Sha256::digest(&bytes));
         if bytes.len() >= 8 && bytes[..4] == *b"\0asm" && bytes[4..8] == [1, 0, 0, 0] {
             return Err(load_err(
@@ -126,26 +168,30 @@ impl Plugin {
             })?;
         let config_json = spec.config.to_string();
 
-        // Describe on a throwaway instance, then validate the config on it.
+        // Describe on a throwaway instance. Until it answers, the plugin is named by its
+        // instance name or its file; what it reports is checked before it is used anywhere.
         let mut store = Self::new_store(rt, &label, &state, &homeserver, &spec.settings);
-        let bindings = pre
-            .instantiate(&mut store)
-            .map_err(|e| load_err(format!("cannot instantiate: {e:#}")))?;
-        let info = bindings
-            .call_describe(&mut store)
-            .map_err(|e| load_err(format!("`describe` failed: {e:#}")))?;
-        let info = convert::info_from_wit(info);
-        if !valid_name(&info.name) {
-            return Err(load_err(format!(
-                "reports the name `{}`; names are 1-64 of a-z, 0-9 and `-`",
-                info.name
-            )));
-        }
+        let bindings = pre.instantiate(&mut store).map_err(|e| {
+            load_err(format!(
+                "cannot instantiate (a plugin instance may have {MAX_MEMORIES} memory, \
+                 {MAX_TABLES} tables and {MAX_CORE_INSTANCES} core instances): {}",
+                classify(&e, &store, &spec.settings)
+            ))
+        })?;
+        let info = bindings.call_describe(&mut store).map_err(|e| {
+            load_err(format!(
+                "`describe` failed: {}",
+                classify(&e, &store, &spec.settings)
+            ))
+        })?;
+        let info = check_info(info).map_err(load_err)?;
+        let name: Arc<str> = Arc::from(instance.as_str());
         Ok(Self {
-            name: Arc::from(info.name.as_str()),
+            name,
             info,
             sha256,
             imports,
+            slots: Arc::new(Slots::new(spec.settings.max_concurrency)),
             settings: spec.settings,
             config_json,
             pre,
@@ -188,18 +234,18 @@ impl Plugin {
     pub(crate) fn check_config(&self, rt: &Runtime) -> Result<()> {
         let mut store = self.fresh_store(rt);
         let bindings = self.pre.instantiate(&mut store).map_err(|e| Error::Load {
-            plugin: self.info.name.clone(),
-            message: format!("cannot instantiate: {e:#}"),
+            plugin: self.name.to_string(),
+            message: format!("cannot instantiate: {}", self.classify(&e, &store)),
         })?;
         match bindings.call_init(&mut store, &self.config_json) {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(Error::Config {
-                plugin: self.info.name.clone(),
-                key: e.key,
-                message: e.message,
+                plugin: self.name.to_string(),
+                key: text::sanitize(&e.key, MAX_CONFIG_KEY),
+                message: text::sanitize(&e.message, MAX_CONFIG_MESSAGE),
             }),
             Err(e) => Err(Error::Load {
-                plugin: self.info.name.clone(),
+                plugin: self.name.to_string(),
                 message: format!("`init` failed: {}", self.classify(&e, &store)),
             }),
         }
@@ -229,7 +275,11 @@ impl Plugin {
         match bindings.call_init(&mut store, &self.config_json) {
             Ok(Ok(())) => Ok(Warm { store, bindings }),
             Ok(Err(e)) => Err((
-                FailureCause::Config(format!("{}: {}", e.key, e.message)),
+                FailureCause::Config(format!(
+                    "{}: {}",
+                    text::sanitize(&e.key, MAX_CONFIG_KEY),
+                    text::sanitize(&e.message, MAX_CONFIG_MESSAGE)
+                )),
                 store,
             )),
             Err(e) => Err((self.classify(&e, &store), store)),
@@ -237,28 +287,7 @@ impl Plugin {
     }
 
     fn classify(&self, err: &wasmtime::Error, store: &Store<CallCtx>) -> FailureCause {
-        let data = store.data();
-        if data.limiter.hit {
-            return FailureCause::OutOfMemory {
-                limit_bytes: data.limiter.cap as u64,
-            };
-        }
-        if let Some(msg) = &data.store_failed {
-            return FailureCause::Store(msg.clone());
-        }
-        match err.downcast_ref::<Trap>() {
-            Some(Trap::Interrupt) => FailureCause::Timeout {
-                deadline_ms: self.settings.deadline.as_millis() as u64,
-            },
-            Some(trap) => {
-                let mut msg = trap.to_string();
-                if let Some(panic) = &data.last_error_log {
-                    msg.push_str(&format!(" (plugin logged: {panic})"));
-                }
-                FailureCause::Trap(msg)
-            }
-            None => FailureCause::Trap(format!("{err:#}")),
-        }
+        classify(err, store, &self.settings)
     }
 
     /// Run one hook: instance, deadline, call, output-size check. Returns the output and the
@@ -268,8 +297,19 @@ impl Plugin {
         rt: &Runtime,
         f: impl FnOnce(&Policy, &mut Store<CallCtx>) -> wasmtime::Result<R>,
     ) -> Result<(R, Changes), FailureCause> {
-        let mut warm = self.instance(rt).map_err(|(cause, _)| cause)?;
+        // Queue for a slot at most as long as the call itself may take.
+        let _permit =
+            self.slots
+                .acquire(self.settings.deadline)
+                .ok_or_else(|| FailureCause::Busy {
+                    max_concurrency: self.slots.limit(),
+                })?;
+        let mut warm = self.instance(rt).map_err(|(cause, mut store)| {
+            store.data_mut().flush_log();
+            cause
+        })?;
         let result = f(&warm.bindings, &mut warm.store);
+        warm.store.data_mut().flush_log();
         match result {
             Err(e) => Err(self.classify(&e, &warm.store)),
             Ok(out) => {
@@ -292,13 +332,91 @@ impl Plugin {
         }
     }
 
-    /// Commit a successful call's writes.
+    /// Commit a successful call's writes, within the plugin's quota.
     pub(crate) fn commit(&self, changes: &Changes) -> Result<(), FailureCause> {
         if changes.is_empty() {
             return Ok(());
         }
         self.state
-            .commit(&self.name, changes)
-            .map_err(|e| FailureCause::Store(e.to_string()))
+            .commit(&self.name, changes, &self.settings.quota)
+            .map_err(|e| match e.quota_exceeded() {
+                Some(q) => FailureCause::QuotaExceeded(q.to_string()),
+                None => FailureCause::Store(e.to_string()),
+            })
     }
+}
+
+/// Check what `describe` reported: a valid name, a short printable version, a short hook
+/// list. A plugin's answer is untrusted: nothing of it is echoed unbounded.
+fn check_info(info: crate::bindings::wit::PluginInfo) -> Result<PluginInfo, String> {
+    if !valid_name(&info.name) {
+        return Err(format!(
+            "reports the name {:?}; names are 1-64 of a-z, 0-9 and `-`",
+            text::sanitize(&info.name, 80)
+        ));
+    }
+    if info.version.is_empty()
+        || info.version.len() > MAX_VERSION_BYTES
+        || !info.version.bytes().all(|b| b.is_ascii_graphic())
+    {
+        return Err(format!(
+            "reports the version {:?} ({} bytes); versions are 1-{MAX_VERSION_BYTES} \
+             printable ASCII characters",
+            text::sanitize(&info.version, 80),
+            info.version.len()
+        ));
+    }
+    if info.hooks.len() > MAX_DESCRIBED_HOOKS {
+        return Err(format!(
+            "lists {} hooks; at most {MAX_DESCRIBED_HOOKS} entries are accepted",
+            info.hooks.len()
+        ));
+    }
+    Ok(convert::info_from_wit(info))
+}
+
+/// Name why a call failed: the limit an import or the limiter recorded first, then the trap.
+fn classify(err: &wasmtime::Error, store: &Store<CallCtx>, settings: &Settings) -> FailureCause {
+    let data = store.data();
+    if let Some(cause) = &data.limiter.hit {
+        return cause.clone();
+    }
+    if let Some(cause) = &data.limit_failure {
+        return cause.clone();
+    }
+    if let Some(msg) = &data.store_failed {
+        return FailureCause::Store(msg.clone());
+    }
+    if let Some(pool) = err.downcast_ref::<PoolConcurrencyLimitError>() {
+        return FailureCause::PoolExhausted(pool.to_string());
+    }
+    match err.downcast_ref::<Trap>() {
+        Some(Trap::Interrupt) => FailureCause::Timeout {
+            deadline_ms: u64::try_from(settings.deadline.as_millis()).unwrap_or(u64::MAX),
+        },
+        Some(Trap::StackOverflow) => FailureCause::StackOverflow,
+        Some(Trap::MemoryOutOfBounds) if shadow_stack_wrapped(err) => FailureCause::StackOverflow,
+        Some(trap) => {
+            let mut msg = trap.to_string();
+            if let Some(panic) = &data.last_error_log {
+                msg.push_str(&format!(" (plugin logged: {panic})"));
+            }
+            FailureCause::Trap(msg)
+        }
+        None => FailureCause::Trap(text::sanitize(&format!("{err:#}"), 4096)),
+    }
+}
+
+/// Whether an out-of-bounds trap hit the top of the 32-bit address space, where a shadow
+/// stack that wrapped below zero lands. wasmtime attaches the faulting address as context
+/// (`memory fault at wasm address 0x...`) but does not export the type carrying it, so the
+/// address is read from that message.
+fn shadow_stack_wrapped(err: &wasmtime::Error) -> bool {
+    err.chain().any(|cause| {
+        let msg = cause.to_string();
+        msg.strip_prefix("memory fault at wasm address 0x")
+            .and_then(|rest| rest.split(' ').next())
+            .and_then(|hex| u64::from_str_radix(hex, 16).ok())
+            .is_some_and(|addr| addr >= (1u64 << 32) - STACK_WRAP_ZONE)
+    })
 }

@@ -7,6 +7,12 @@ use ruma::{
 };
 use serde_json::Value;
 
+use crate::json::{DEFAULT_MAX_CONTENT_DEPTH, depth_exceeds, drop_deep};
+
+/// Deepest event the host redacts: content at the deepest the host accepts, inside the
+/// event object. A deeper event is withheld, never served whole.
+const MAX_EVENT_DEPTH: usize = DEFAULT_MAX_CONTENT_DEPTH + 1;
+
 /// Prune `event` by the redaction algorithm of `version`.
 ///
 /// Keys the algorithm drops are dropped, `unsigned` included; no `redacted_because` is added
@@ -14,6 +20,15 @@ use serde_json::Value;
 /// unknown room version or an event that is not canonical JSON (floats, for example), and the
 /// caller then withholds the event rather than leak it.
 pub(crate) fn redact_event(event: Value, version: &RoomVersionId) -> Result<Value, String> {
+    // Canonical JSON conversion and pruning recurse once per level: bound the depth first
+    // (the event object is one level above its content), and take a refused event apart
+    // without recursion.
+    if depth_exceeds(&event, MAX_EVENT_DEPTH) {
+        drop_deep(event);
+        return Err(format!(
+            "event nests deeper than {MAX_EVENT_DEPTH} levels; it cannot be redacted safely"
+        ));
+    }
     let rules = version
         .rules()
         .ok_or_else(|| format!("unknown room version `{version}`"))?;

@@ -6,6 +6,8 @@ use serde_json::Value;
 
 use crate::{
     engine::TICK,
+    error::{Error, Result},
+    storage::Quota,
     types::{FailurePolicy, Hook},
 };
 
@@ -16,6 +18,23 @@ pub const DEFAULT_DEADLINE: Duration = Duration::from_millis(10);
 pub const DEFAULT_MEMORY_BYTES: usize = 32 << 20;
 /// Default cap on what one call may return (strings, lists, HTTP bodies), in bytes.
 pub const DEFAULT_MAX_OUTPUT_BYTES: usize = 1 << 20;
+/// Default number of calls of one plugin that may run at once. Further calls wait for a free
+/// slot until the plugin's deadline, then fail with
+/// [`FailureCause::Busy`](crate::FailureCause::Busy); other plugins are not affected.
+pub const DEFAULT_MAX_CONCURRENCY: u32 = 16;
+/// Default state quota of one plugin: keys, bytes (with
+/// [`ENTRY_OVERHEAD_BYTES`](crate::ENTRY_OVERHEAD_BYTES) per entry) and scheduled timers.
+pub const DEFAULT_QUOTA: Quota = Quota {
+    max_keys: 1_000_000,
+    max_bytes: 256 << 20,
+    max_timers: 100_000,
+};
+
+/// The range every limit must fall in, checked when a spec is loaded.
+const DEADLINE_RANGE: (Duration, Duration) = (Duration::from_millis(1), Duration::from_secs(60));
+const MEMORY_RANGE: (usize, usize) = (1 << 20, 4 << 30);
+const OUTPUT_RANGE: (usize, usize) = (1 << 10, 256 << 20);
+const CONCURRENCY_RANGE: (u32, u32) = (1, 4096);
 
 /// How a plugin's instances are used across calls.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
@@ -46,6 +65,18 @@ impl Source {
             Source::Bytes { label, .. } => label.clone(),
         }
     }
+
+    /// The instance name when the operator gave none: the file's stem
+    /// (`plugins/consent.wasm` is `consent`), or the label of a byte source.
+    pub(crate) fn default_instance(&self) -> String {
+        match self {
+            Source::File(p) => p
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            Source::Bytes { label, .. } => label.clone(),
+        }
+    }
 }
 
 /// A plugin to load: its component, its configuration, its limits.
@@ -54,7 +85,7 @@ impl Source {
 /// use std::time::Duration;
 /// use mxpolicy_host::{FailurePolicy, Hook, PluginSpec};
 ///
-/// let spec = PluginSpec::file("target/plugins/keyword_filter.wasm")
+/// let spec = PluginSpec::file("target/plugins/keyword-filter.wasm")
 ///     .config(serde_json::json!({"keywords": ["spam"]}))
 ///     .deadline(Duration::from_millis(5))
 ///     .failure_policy(Hook::OnSend, FailurePolicy::Open);
@@ -63,6 +94,7 @@ impl Source {
 #[derive(Debug, Clone)]
 pub struct PluginSpec {
     pub(crate) source: Source,
+    pub(crate) instance: Option<String>,
     pub(crate) config: Value,
     pub(crate) settings: Settings,
 }
@@ -75,12 +107,44 @@ pub(crate) struct Settings {
     pub(crate) max_output_bytes: usize,
     pub(crate) failure: BTreeMap<Hook, FailurePolicy>,
     pub(crate) instance_mode: InstanceMode,
+    pub(crate) max_concurrency: u32,
+    pub(crate) quota: Quota,
 }
 
 impl Settings {
     /// The deadline in epoch ticks (at least one).
     pub(crate) fn deadline_ticks(&self) -> u64 {
-        self.deadline.as_millis().div_ceil(TICK.as_millis()).max(1) as u64
+        let ticks = self.deadline.as_millis().div_ceil(TICK.as_millis()).max(1);
+        u64::try_from(ticks).unwrap_or(u64::MAX)
+    }
+
+    /// Check every limit against its allowed range.
+    pub(crate) fn validate(&self, plugin: &str) -> Result<()> {
+        fn check<T: PartialOrd + std::fmt::Debug>(
+            plugin: &str,
+            limit: &'static str,
+            value: T,
+            (min, max): (T, T),
+        ) -> Result<()> {
+            if value < min || value > max {
+                return Err(Error::InvalidLimit {
+                    plugin: plugin.to_owned(),
+                    limit,
+                    message: format!("{value:?} is outside {min:?}..={max:?}"),
+                });
+            }
+            Ok(())
+        }
+        check(plugin, "deadline", self.deadline, DEADLINE_RANGE)?;
+        check(plugin, "memory_limit", self.memory_bytes, MEMORY_RANGE)?;
+        check(plugin, "max_output", self.max_output_bytes, OUTPUT_RANGE)?;
+        check(
+            plugin,
+            "max_concurrency",
+            self.max_concurrency,
+            CONCURRENCY_RANGE,
+        )?;
+        Ok(())
     }
 
     pub(crate) fn failure_policy(&self, hook: Hook) -> FailurePolicy {
@@ -95,6 +159,7 @@ impl PluginSpec {
     fn new(source: Source) -> Self {
         Self {
             source,
+            instance: None,
             config: Value::Object(Default::default()),
             settings: Settings {
                 deadline: DEFAULT_DEADLINE,
@@ -102,8 +167,21 @@ impl PluginSpec {
                 max_output_bytes: DEFAULT_MAX_OUTPUT_BYTES,
                 failure: BTreeMap::new(),
                 instance_mode: InstanceMode::default(),
+                max_concurrency: DEFAULT_MAX_CONCURRENCY,
+                quota: DEFAULT_QUOTA,
             },
         }
+    }
+
+    /// The instance name: what the chain, the plugin's state, its timers, its web endpoints
+    /// and its errors are keyed by. The operator chooses it; the name a component reports
+    /// about itself is only reported beside it, never trusted, so a plugin cannot read
+    /// another's state by calling itself by the other's name. One component can be loaded
+    /// twice under two instance names. Default: the file's stem (`plugins/consent.wasm` is
+    /// `consent`), or the label given to [`PluginSpec::bytes`]. 1-64 of `a-z`, `0-9` and `-`.
+    pub fn instance(mut self, name: impl Into<String>) -> Self {
+        self.instance = Some(name.into());
+        self
     }
 
     /// A component read from a file when loaded.
@@ -125,19 +203,23 @@ impl PluginSpec {
         self
     }
 
-    /// Deadline of each hook call, instantiation included. Default [`DEFAULT_DEADLINE`].
+    /// Deadline of each hook call, instantiation included. Default [`DEFAULT_DEADLINE`];
+    /// 1 ms to 60 s (checked at load).
     pub fn deadline(mut self, deadline: Duration) -> Self {
         self.settings.deadline = deadline;
         self
     }
 
-    /// Cap on the plugin's linear memory. Default [`DEFAULT_MEMORY_BYTES`].
+    /// Cap on the plugin's linear memory (all its memories together). Default
+    /// [`DEFAULT_MEMORY_BYTES`]; 1 MiB to 4 GiB and at most the host's pool slot (checked at
+    /// load).
     pub fn memory_limit(mut self, bytes: usize) -> Self {
         self.settings.memory_bytes = bytes;
         self
     }
 
-    /// Cap on the bytes one call may return. Default [`DEFAULT_MAX_OUTPUT_BYTES`].
+    /// Cap on the bytes one call may return (HTTP headers included). Default
+    /// [`DEFAULT_MAX_OUTPUT_BYTES`]; 1 KiB to 256 MiB (checked at load).
     pub fn max_output(mut self, bytes: usize) -> Self {
         self.settings.max_output_bytes = bytes;
         self
@@ -152,6 +234,19 @@ impl PluginSpec {
     /// Fresh instance per call (default) or reuse of warm instances.
     pub fn instance_mode(mut self, mode: InstanceMode) -> Self {
         self.settings.instance_mode = mode;
+        self
+    }
+
+    /// Calls of this plugin that may run at once. Default [`DEFAULT_MAX_CONCURRENCY`];
+    /// 1 to 4096, and the chain's total must fit the host's instance pool (checked at load).
+    pub fn max_concurrency(mut self, calls: u32) -> Self {
+        self.settings.max_concurrency = calls;
+        self
+    }
+
+    /// The plugin's persistent state quota. Default [`DEFAULT_QUOTA`].
+    pub fn quota(mut self, quota: Quota) -> Self {
+        self.settings.quota = quota;
         self
     }
 }

@@ -13,12 +13,12 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::StoreError;
+use crate::error::{QuotaExceeded, StoreError};
 
 /// A durable timer, as stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Timer {
-    /// The plugin that scheduled it.
+    /// The plugin instance that scheduled it.
     pub plugin: String,
     /// The plugin's id for it.
     pub id: String,
@@ -26,6 +26,21 @@ pub struct Timer {
     pub due_ms: u64,
     /// The plugin's payload.
     pub payload: Vec<u8>,
+    /// How many times its `on-timer` call has failed so far (the host backs off and finally
+    /// gives up; see [`Host::run_timers`](crate::Host::run_timers)).
+    pub attempts: u32,
+}
+
+/// A timer as written by one call: scheduled by the plugin (`attempts` 0) or rescheduled by
+/// the host after a failed attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScheduledTimer {
+    /// When it is due.
+    pub due_ms: u64,
+    /// The plugin's payload.
+    pub payload: Vec<u8>,
+    /// Failed attempts so far.
+    pub attempts: u32,
 }
 
 /// The writes of one successful hook call, for one plugin.
@@ -33,8 +48,8 @@ pub struct Timer {
 pub struct Changes {
     /// Key → new value, or `None` to delete.
     pub kv: BTreeMap<String, Option<Vec<u8>>>,
-    /// Timer id → `(due_ms, payload)`, or `None` to cancel.
-    pub timers: BTreeMap<String, Option<(u64, Vec<u8>)>>,
+    /// Timer id → the timer, or `None` to cancel.
+    pub timers: BTreeMap<String, Option<ScheduledTimer>>,
 }
 
 impl Changes {
@@ -44,28 +59,93 @@ impl Changes {
     }
 }
 
+/// What one stored entry costs against a plugin's byte quota beyond its key and value: the
+/// bookkeeping every store pays per row (index entries, map nodes). Charging it means a
+/// million one-byte keys cost what they really cost, not a million bytes.
+pub const ENTRY_OVERHEAD_BYTES: u64 = 64;
+
+/// The bytes one key-value entry is charged.
+pub fn entry_bytes(key: &str, value: &[u8]) -> u64 {
+    key.len() as u64 + value.len() as u64 + ENTRY_OVERHEAD_BYTES
+}
+
+/// A plugin's persistent state quota, enforced by [`StateStore::commit`]. A commit that
+/// would take a plugin past a quota is refused with [`QuotaExceeded`] and nothing of it is
+/// applied; a commit that lowers usage is always allowed, so a plugin over a lowered quota
+/// can still delete.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quota {
+    /// Most keys the plugin may hold.
+    pub max_keys: u64,
+    /// Most bytes its keys and values may take, [`ENTRY_OVERHEAD_BYTES`] per entry included.
+    pub max_bytes: u64,
+    /// Most timers it may have scheduled.
+    pub max_timers: u64,
+}
+
+impl Quota {
+    /// No limits: for writes the host makes itself (rescheduling a failed timer).
+    pub const UNLIMITED: Quota = Quota {
+        max_keys: u64::MAX,
+        max_bytes: u64::MAX,
+        max_timers: u64::MAX,
+    };
+}
+
 /// Storage of plugin state and timers, implemented by the homeserver (a durable store) or by
 /// [`MemoryStore`]. Implementations must be safe to call from many threads; `commit` must apply
-/// a batch atomically.
+/// a batch atomically and enforce the [`Quota`] it is given.
 pub trait StateStore: Send + Sync {
     /// The value of `key` for `plugin`.
     fn get(&self, plugin: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
-    /// The keys of `plugin` starting with `prefix`, ascending.
-    fn list(&self, plugin: &str, prefix: &str) -> Result<Vec<String>, StoreError>;
+    /// The first `limit` keys of `plugin` starting with `prefix`, ascending.
+    fn list(&self, plugin: &str, prefix: &str, limit: usize) -> Result<Vec<String>, StoreError>;
     /// The timer `id` of `plugin`, if scheduled.
     fn timer(&self, plugin: &str, id: &str) -> Result<Option<Timer>, StoreError>;
-    /// Every timer due at `now_ms` (due time at or before it), ordered by due time, then
-    /// plugin, then id.
-    fn due_timers(&self, now_ms: u64) -> Result<Vec<Timer>, StoreError>;
-    /// Apply one call's writes atomically.
-    fn commit(&self, plugin: &str, changes: &Changes) -> Result<(), StoreError>;
+    /// At most `limit` timers of the given plugins due at `now_ms` (due time at or before
+    /// it), ordered by due time, then plugin, then id. Timers of other plugins are skipped
+    /// without counting against `limit`.
+    fn due_timers(
+        &self,
+        now_ms: u64,
+        plugins: &[&str],
+        limit: usize,
+    ) -> Result<Vec<Timer>, StoreError>;
+    /// Apply one call's writes atomically, unless they would take `plugin` past `quota`: then
+    /// apply nothing and return a [`StoreError`] wrapping [`QuotaExceeded`].
+    fn commit(&self, plugin: &str, changes: &Changes, quota: &Quota) -> Result<(), StoreError>;
+}
+
+/// Per-plugin usage, kept up to date by every commit.
+#[derive(Debug, Clone, Copy, Default)]
+struct Usage {
+    keys: u64,
+    bytes: u64,
+    timers: u64,
+}
+
+impl Usage {
+    fn check(&self, before: &Usage, quota: &Quota) -> Result<(), QuotaExceeded> {
+        for (what, used, was, limit) in [
+            ("keys", self.keys, before.keys, quota.max_keys),
+            ("bytes", self.bytes, before.bytes, quota.max_bytes),
+            ("timers", self.timers, before.timers, quota.max_timers),
+        ] {
+            if used > limit && used > was {
+                return Err(QuotaExceeded { what, used, limit });
+            }
+        }
+        Ok(())
+    }
 }
 
 #[derive(Default)]
 struct Inner {
     kv: BTreeMap<(String, String), Vec<u8>>,
-    timers: BTreeMap<(String, String), (u64, Vec<u8>)>,
-    by_due: BTreeSet<(u64, String, String)>,
+    timers: BTreeMap<(String, String), ScheduledTimer>,
+    /// Per plugin: `(due, id)` of each timer, to page through due timers by plugin.
+    by_due: BTreeMap<String, BTreeSet<(u64, String)>>,
+    usage: BTreeMap<String, Usage>,
 }
 
 /// An in-memory [`StateStore`]: for tests, examples and `mxpolicy replay`. Everything is lost
@@ -106,13 +186,14 @@ impl StateStore for MemoryStore {
             .cloned())
     }
 
-    fn list(&self, plugin: &str, prefix: &str) -> Result<Vec<String>, StoreError> {
+    fn list(&self, plugin: &str, prefix: &str, limit: usize) -> Result<Vec<String>, StoreError> {
         let inner = self.lock();
         let start = (plugin.to_owned(), prefix.to_owned());
         Ok(inner
             .kv
             .range(start..)
             .take_while(|((p, k), _)| p == plugin && k.starts_with(prefix))
+            .take(limit)
             .map(|((_, k), _)| k.clone())
             .collect())
     }
@@ -122,36 +203,81 @@ impl StateStore for MemoryStore {
             .lock()
             .timers
             .get(&(plugin.to_owned(), id.to_owned()))
-            .map(|(due_ms, payload)| Timer {
+            .map(|t| Timer {
                 plugin: plugin.to_owned(),
                 id: id.to_owned(),
-                due_ms: *due_ms,
-                payload: payload.clone(),
+                due_ms: t.due_ms,
+                payload: t.payload.clone(),
+                attempts: t.attempts,
             }))
     }
 
-    fn due_timers(&self, now_ms: u64) -> Result<Vec<Timer>, StoreError> {
+    fn due_timers(
+        &self,
+        now_ms: u64,
+        plugins: &[&str],
+        limit: usize,
+    ) -> Result<Vec<Timer>, StoreError> {
         let inner = self.lock();
-        Ok(inner
-            .by_due
-            .iter()
-            .take_while(|(due, _, _)| *due <= now_ms)
-            .filter_map(|(due, p, id)| {
+        // The first `limit` due timers of each plugin, merged: at most plugins x limit entries
+        // are looked at, however many timers are due.
+        let mut due: Vec<(u64, &str, &str)> = Vec::new();
+        for plugin in plugins {
+            if let Some(index) = inner.by_due.get(*plugin) {
+                due.extend(
+                    index
+                        .iter()
+                        .take_while(|(d, _)| *d <= now_ms)
+                        .take(limit)
+                        .map(|(d, id)| (*d, *plugin, id.as_str())),
+                );
+            }
+        }
+        due.sort_unstable();
+        due.truncate(limit);
+        Ok(due
+            .into_iter()
+            .filter_map(|(_, plugin, id)| {
                 inner
                     .timers
-                    .get(&(p.clone(), id.clone()))
-                    .map(|(_, payload)| Timer {
-                        plugin: p.clone(),
-                        id: id.clone(),
-                        due_ms: *due,
-                        payload: payload.clone(),
+                    .get(&(plugin.to_owned(), id.to_owned()))
+                    .map(|t| Timer {
+                        plugin: plugin.to_owned(),
+                        id: id.to_owned(),
+                        due_ms: t.due_ms,
+                        payload: t.payload.clone(),
+                        attempts: t.attempts,
                     })
             })
             .collect())
     }
 
-    fn commit(&self, plugin: &str, changes: &Changes) -> Result<(), StoreError> {
-        let mut inner = self.lock();
+    fn commit(&self, plugin: &str, changes: &Changes, quota: &Quota) -> Result<(), StoreError> {
+        let mut guard = self.lock();
+        let inner = &mut *guard;
+        let before = inner.usage.get(plugin).copied().unwrap_or_default();
+        // Usage after the commit, computed before anything is applied.
+        let mut after = before;
+        for (key, value) in &changes.kv {
+            if let Some(old) = inner.kv.get(&(plugin.to_owned(), key.clone())) {
+                after.keys -= 1;
+                after.bytes -= entry_bytes(key, old);
+            }
+            if let Some(new) = value {
+                after.keys += 1;
+                after.bytes += entry_bytes(key, new);
+            }
+        }
+        for (id, timer) in &changes.timers {
+            if inner.timers.contains_key(&(plugin.to_owned(), id.clone())) {
+                after.timers -= 1;
+            }
+            if timer.is_some() {
+                after.timers += 1;
+            }
+        }
+        after.check(&before, quota).map_err(StoreError::new)?;
+
         for (key, value) in &changes.kv {
             let k = (plugin.to_owned(), key.clone());
             match value {
@@ -159,18 +285,18 @@ impl StateStore for MemoryStore {
                 None => inner.kv.remove(&k),
             };
         }
+        let index = inner.by_due.entry(plugin.to_owned()).or_default();
         for (id, timer) in &changes.timers {
             let k = (plugin.to_owned(), id.clone());
-            if let Some((old_due, _)) = inner.timers.remove(&k) {
-                inner
-                    .by_due
-                    .remove(&(old_due, plugin.to_owned(), id.clone()));
+            if let Some(old) = inner.timers.remove(&k) {
+                index.remove(&(old.due_ms, id.clone()));
             }
-            if let Some((due, payload)) = timer {
-                inner.by_due.insert((*due, plugin.to_owned(), id.clone()));
-                inner.timers.insert(k, (*due, payload.clone()));
+            if let Some(timer) = timer {
+                index.insert((timer.due_ms, id.clone()));
+                inner.timers.insert(k, timer.clone());
             }
         }
+        inner.usage.insert(plugin.to_owned(), after);
         Ok(())
     }
 }
@@ -186,24 +312,91 @@ mod tests {
         c.kv.insert("a/1".into(), Some(b"x".to_vec()));
         c.kv.insert("a/2".into(), Some(b"y".to_vec()));
         c.kv.insert("b".into(), Some(b"z".to_vec()));
-        c.timers.insert("t".into(), Some((10, b"p".to_vec())));
-        s.commit("p1", &c).unwrap();
-        s.commit("p2", &c).unwrap();
-        assert_eq!(s.list("p1", "a/").unwrap(), vec!["a/1", "a/2"]);
+        c.timers.insert("t".into(), Some(timer(10, b"p")));
+        s.commit("p1", &c, &Quota::UNLIMITED).unwrap();
+        s.commit("p2", &c, &Quota::UNLIMITED).unwrap();
+        assert_eq!(s.list("p1", "a/", 10).unwrap(), vec!["a/1", "a/2"]);
+        assert_eq!(s.list("p1", "a/", 1).unwrap(), vec!["a/1"]);
         assert_eq!(s.get("p2", "b").unwrap(), Some(b"z".to_vec()));
-        assert_eq!(s.due_timers(9).unwrap(), vec![]);
-        assert_eq!(s.due_timers(10).unwrap().len(), 2);
+        assert_eq!(s.due_timers(9, &["p1", "p2"], 10).unwrap(), vec![]);
+        assert_eq!(s.due_timers(10, &["p1", "p2"], 10).unwrap().len(), 2);
+        assert_eq!(s.due_timers(10, &["p1", "p2"], 1).unwrap().len(), 1);
+        assert_eq!(s.due_timers(10, &["p2"], 10).unwrap()[0].plugin, "p2");
         let mut d = Changes::default();
         d.kv.insert("a/1".into(), None);
-        d.timers.insert("t".into(), Some((20, vec![])));
-        s.commit("p1", &d).unwrap();
-        assert_eq!(s.list("p1", "").unwrap(), vec!["a/2", "b"]);
+        d.timers.insert("t".into(), Some(timer(20, b"")));
+        s.commit("p1", &d, &Quota::UNLIMITED).unwrap();
+        assert_eq!(s.list("p1", "", 10).unwrap(), vec!["a/2", "b"]);
         let due: Vec<_> = s
-            .due_timers(15)
+            .due_timers(15, &["p1", "p2"], 10)
             .unwrap()
             .into_iter()
             .map(|t| t.plugin)
             .collect();
         assert_eq!(due, vec!["p2"]);
+    }
+
+    fn timer(due_ms: u64, payload: &[u8]) -> ScheduledTimer {
+        ScheduledTimer {
+            due_ms,
+            payload: payload.to_vec(),
+            attempts: 0,
+        }
+    }
+
+    #[test]
+    fn quota_refuses_growth_but_allows_shrinking() {
+        let s = MemoryStore::new();
+        let quota = Quota {
+            max_keys: 2,
+            max_bytes: 1000,
+            max_timers: 1,
+        };
+        let mut c = Changes::default();
+        c.kv.insert("a".into(), Some(vec![0; 10]));
+        c.kv.insert("b".into(), Some(vec![0; 10]));
+        s.commit("p", &c, &quota).unwrap();
+        let mut more = Changes::default();
+        more.kv.insert("c".into(), Some(vec![]));
+        let err = s.commit("p", &more, &quota).unwrap_err();
+        assert_eq!(err.quota_exceeded().unwrap().what, "keys");
+        assert_eq!(
+            s.get("p", "c").unwrap(),
+            None,
+            "nothing of a refused commit is applied"
+        );
+        // Overwriting an existing key does not add a key.
+        let mut same = Changes::default();
+        same.kv.insert("a".into(), Some(vec![1; 20]));
+        s.commit("p", &same, &quota).unwrap();
+        let mut big = Changes::default();
+        big.kv.insert("a".into(), Some(vec![1; 2000]));
+        assert_eq!(
+            s.commit("p", &big, &quota)
+                .unwrap_err()
+                .quota_exceeded()
+                .unwrap()
+                .what,
+            "bytes"
+        );
+        let mut timers = Changes::default();
+        timers.timers.insert("t1".into(), Some(timer(1, b"")));
+        timers.timers.insert("t2".into(), Some(timer(1, b"")));
+        assert_eq!(
+            s.commit("p", &timers, &quota)
+                .unwrap_err()
+                .quota_exceeded()
+                .unwrap()
+                .what,
+            "timers"
+        );
+        // Under a lowered quota, deleting still works.
+        let tight = Quota {
+            max_keys: 0,
+            ..quota
+        };
+        let mut delete = Changes::default();
+        delete.kv.insert("a".into(), None);
+        s.commit("p", &delete, &tight).unwrap();
     }
 }

@@ -5,13 +5,16 @@
 // this crate is test code: a panic is a test failure with its message.
 #![allow(unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
 
+mod raw;
 mod support;
 
+mod cli_limits;
 mod composition;
 mod consent;
 mod containment;
 mod end_to_end;
 mod erasure;
+mod hardening;
 mod hot_swap;
 mod media;
 mod replay;

@@ -93,7 +93,10 @@ fn timers_fire_once_when_due_with_their_payload() {
             plugin: "scripted-a".into(),
             id: "t/0".into(),
             due_ms: T0 + 60_000,
-            ok: true
+            ok: true,
+            attempts: 0,
+            retry_at_ms: None,
+            gave_up: false,
         }]
     );
     assert_eq!(
@@ -135,6 +138,9 @@ fn a_failing_timer_stays_scheduled_and_is_retried() {
             spec("scripted-a").config(config(json!({"hook": "none", "how": "none"}))),
         )
         .unwrap();
+    // It is retried after the backoff, not at once.
+    assert!(t.host.run_timers().unwrap().outcome.is_empty());
+    t.clock.advance(mxpolicy_host::TIMER_RETRY_BASE_MS);
     let run = t.host.run_timers().unwrap();
     assert!(run.outcome[0].ok, "{run:?}");
     assert!(t.host.run_timers().unwrap().outcome.is_empty());

@@ -21,7 +21,12 @@ use serde_json::{Value, json};
 pub struct Misbehave {
     /// The hook's WIT name, e.g. `on-send`.
     pub hook: String,
-    /// `loop`, `oom`, `panic`, `huge-output`, `write-then-panic`, `bad-count`, `bad-action`.
+    /// `loop`, `oom`, `panic`, `huge-output`, `write-then-panic`, `bad-count`, `bad-action`,
+    /// and the hostile ones: `recurse` (unbounded recursion), `log-flood` (a million log
+    /// lines), `log-forge` (control characters and a fake log line), `write-flood` (state
+    /// writes until refused), `big-cancel` (cancel a 1 MiB timer id), `big-payload` (a timer
+    /// with a 1 MiB payload), `header-inject` (CR LF in a header value), `header-flood`
+    /// (100,000 empty headers), `header-many` (100 valid headers).
     pub how: String,
 }
 
@@ -61,6 +66,12 @@ pub struct Config {
     /// that blocks there, to hold a call in flight deterministically).
     #[serde(default)]
     pub query_members_of: Option<String>,
+    /// On each send, write this many new one-byte keys `k/<n>`.
+    #[serde(default)]
+    pub write_keys: u64,
+    /// On each send, schedule this many new timers `many/<n>`, due at `now`.
+    #[serde(default)]
+    pub schedule_timers: u64,
 }
 
 /// The fixture policy.
@@ -99,6 +110,36 @@ impl Scripted {
                 }
             }
             Some("panic") | Some("write-then-panic") => panic!("scripted panic in {hook}"),
+            Some("recurse") => {
+                std::hint::black_box(recurse(std::hint::black_box(1)));
+                None
+            }
+            Some("log-flood") => {
+                for i in 0..1_000_000u32 {
+                    mxpolicy_guest::log::info(&format!("flood line {i}"));
+                }
+                None
+            }
+            Some("log-forge") => {
+                mxpolicy_guest::log::warn(
+                    "innocent\n2026-01-01T00:00:00Z ERROR forged: admin password reset\u{1b}[2J",
+                );
+                None
+            }
+            Some("write-flood") => {
+                for i in 0u64.. {
+                    state::set_raw(&format!("flood/{i}"), &[1]);
+                }
+                None
+            }
+            Some("big-cancel") => {
+                timers::cancel(&"c".repeat(1 << 20));
+                None
+            }
+            Some("big-payload") => {
+                timers::schedule("big", 0, &vec![7u8; 1 << 20]);
+                None
+            }
             other => other,
         }
     }
@@ -168,6 +209,20 @@ impl Scripted {
     }
 }
 
+/// Recursion without end, each frame keeping a buffer on the shadow stack.
+#[allow(unconditional_recursion)]
+fn recurse(n: u64) -> u64 {
+    let buf = std::hint::black_box([n; 64]);
+    recurse(buf[(n % 64) as usize].wrapping_add(1)).wrapping_add(buf[3])
+}
+
+/// Next value of a counter kept in state.
+fn next(key: &str) -> u64 {
+    let n = state::get::<u64>(key).unwrap_or(0);
+    state::set(key, &(n + 1));
+    n
+}
+
 fn action(v: &Value) -> Option<Action> {
     let s = |k: &str| {
         v.get(k)
@@ -233,6 +288,14 @@ impl Policy for Scripted {
             let members = homeserver::members_of_room(&room.as_str().into());
             state::set("last-members", &members.len());
         }
+        for _ in 0..self.config.write_keys {
+            let n = next("next-key");
+            state::set_raw(&format!("k/{n:08}"), &[1]);
+        }
+        for _ in 0..self.config.schedule_timers {
+            let n = next("next-timer");
+            timers::schedule(&format!("many/{n:08}"), ctx.now_ms, self.config.label.as_str());
+        }
         if let Some(after) = self.config.timer_after_ms {
             let n = state::keys("timer-scheduled/").len();
             state::set(&format!("timer-scheduled/{n}"), &true);
@@ -274,6 +337,24 @@ impl Policy for Scripted {
         if how == Some("huge-output") {
             return HttpResponse::text(200, "x".repeat(4 << 20));
         }
+        if how == Some("header-inject") {
+            let mut r = HttpResponse::text(200, "ok");
+            r.headers
+                .push(("x-next".into(), "a\r\nSet-Cookie: session=stolen".into()));
+            return r;
+        }
+        if how == Some("header-many") {
+            let mut r = HttpResponse::text(200, "ok");
+            r.headers
+                .extend((0..99).map(|i| (format!("x-h{i}"), "v".to_owned())));
+            return r;
+        }
+        if how == Some("header-flood") {
+            let mut r = HttpResponse::text(200, "ok");
+            r.headers
+                .extend((0..100_000).map(|_| (String::new(), String::new())));
+            return r;
+        }
         HttpResponse::text(
             200,
             format!("{} {} {}", self.config.label, req.method, req.path),
@@ -303,6 +384,11 @@ impl Policy for Scripted {
                 Ok(json!({"label": self.config.label, "calls": calls}))
             }
             "echo" => Ok(req.args.clone()),
+            "count-keys" => Ok(json!(state::keys("k/").len())),
+            "read" => Ok(json!(
+                state::get_raw(req.args.as_str().unwrap_or_default())
+                    .map(|v| String::from_utf8_lossy(&v).into_owned())
+            )),
             other => Err(format!("unknown command `{other}`")),
         }
     }

@@ -1,49 +1,47 @@
 //! `mxpolicy:policy/state`: per-plugin key-value state, read through the call's own writes.
+//!
+//! Every write is charged against the call's budget (key, value and a per-entry overhead);
+//! the plugin's persistent quota is enforced when the call's writes are committed.
 
 use std::collections::BTreeSet;
 
 use crate::{
     bindings::mxpolicy::policy::state::Host,
-    context::{CallCtx, MAX_KEY_BYTES},
+    context::{CallCtx, MAX_KEYS_ANSWER},
 };
-
-fn check_key(key: &str) -> wasmtime::Result<()> {
-    if key.len() > MAX_KEY_BYTES {
-        wasmtime::bail!("state key of {} bytes exceeds {MAX_KEY_BYTES}", key.len());
-    }
-    Ok(())
-}
 
 impl Host for CallCtx {
     fn get(&mut self, key: String) -> wasmtime::Result<Option<Vec<u8>>> {
         if let Some(value) = self.changes.kv.get(&key) {
             return Ok(value.clone());
         }
-        self.store.get(&self.plugin, &key).map_err(|e| {
-            self.store_failed = Some(e.to_string());
-            wasmtime::format_err!("state store: {e}")
-        })
+        let result = self.store.get(&self.plugin, &key);
+        result.map_err(|e| self.store_error(e))
     }
 
     fn set(&mut self, key: String, value: Vec<u8>) -> wasmtime::Result<()> {
-        check_key(&key)?;
-        self.charge(key.len() + value.len())?;
+        self.check_key("state key", &key)?;
+        self.charge(key.len(), value.len())?;
         self.changes.kv.insert(key, Some(value));
         Ok(())
     }
 
     fn delete(&mut self, key: String) -> wasmtime::Result<()> {
-        check_key(&key)?;
-        self.charge(key.len())?;
+        self.check_key("state key", &key)?;
+        self.charge(key.len(), 0)?;
         self.changes.kv.insert(key, None);
         Ok(())
     }
 
     fn keys(&mut self, prefix: String) -> wasmtime::Result<Vec<String>> {
-        let stored = self.store.list(&self.plugin, &prefix).map_err(|e| {
-            self.store_failed = Some(e.to_string());
-            wasmtime::format_err!("state store: {e}")
-        })?;
+        // Ask for one more than the cap (plus the keys this call deleted, which the merge
+        // removes), so an answer over the cap is detected rather than silently cut: a policy
+        // that saw a truncated list would decide on partial data.
+        let deleted = self.changes.kv.values().filter(|v| v.is_none()).count();
+        let stored = self
+            .store
+            .list(&self.plugin, &prefix, MAX_KEYS_ANSWER + 1 + deleted);
+        let stored = stored.map_err(|e| self.store_error(e))?;
         let mut keys: BTreeSet<String> = stored.into_iter().collect();
         for (key, value) in self.changes.kv.range(prefix.clone()..) {
             if !key.starts_with(&prefix) {
@@ -54,6 +52,12 @@ impl Host for CallCtx {
             } else {
                 keys.remove(key);
             }
+        }
+        if keys.len() > MAX_KEYS_ANSWER {
+            return Err(self.exceed(format!(
+                "`keys` under prefix {prefix:?} matches more than {MAX_KEYS_ANSWER} keys; \
+                 use a narrower prefix"
+            )));
         }
         Ok(keys.into_iter().collect())
     }
