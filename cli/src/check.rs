@@ -8,12 +8,47 @@ use serde_json::{Value, json};
 
 use crate::locate;
 
+/// Largest configuration file `check --config` reads: 4 MiB. Policy configurations are a few
+/// KiB; the cap only stops a path like `/dev/zero`, or a runaway file, from exhausting memory.
+/// Anything but a regular file (a device, a FIFO, a socket, a directory) is refused too.
+pub const MAX_CONFIG_BYTES: u64 = 4 << 20;
+
 /// What `check` was asked to validate.
 pub struct ConfigArg {
     /// The configuration.
     pub value: Value,
     /// Where it came from (a file, `--config-json`), or `None` for the default `{}`.
     pub source: Option<String>,
+}
+
+impl ConfigArg {
+    /// The configuration in a JSON file (`--config FILE`): a regular file of at most
+    /// [`MAX_CONFIG_BYTES`]. Errors name the file and say what is wrong with it.
+    pub fn from_file(path: &Path) -> Result<Self, String> {
+        let text = mxpolicy_host::read_bounded_to_string(path, MAX_CONFIG_BYTES)
+            .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+        Self::from_text(&text, path.display().to_string())
+    }
+
+    /// The configuration in JSON text, `source` naming where it came from (for errors and
+    /// reports).
+    pub fn from_text(text: &str, source: String) -> Result<Self, String> {
+        match serde_json::from_str(text) {
+            Ok(value) => Ok(Self {
+                value,
+                source: Some(source),
+            }),
+            Err(e) => Err(format!("{source}: malformed JSON: {e}")),
+        }
+    }
+
+    /// No configuration given: `{}`, reported but not counted as a failure.
+    pub fn default_empty() -> Self {
+        Self {
+            value: json!({}),
+            source: None,
+        }
+    }
 }
 
 /// Exit status of `check`: 0 when every plugin loads (and, with an explicit configuration,

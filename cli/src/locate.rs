@@ -19,6 +19,9 @@ pub fn plugin_dir() -> PathBuf {
 
 /// Resolve a plugin reference: `base/<path>`, then `<plugins dir>/<path>`, then (for a bare
 /// name without extension) `<plugins dir>/<path>.wasm`. Absolute paths are taken as they are.
+/// Only regular files are plugins: when none is found, a candidate that exists but is a
+/// device, a FIFO or a socket is the error; directories are skipped. (The host reads the file
+/// itself, again refusing anything but a regular file, and caps its size.)
 pub fn resolve(reference: &str, base: &Path) -> Result<PathBuf, String> {
     let given = Path::new(reference);
     let mut tried = Vec::new();
@@ -35,7 +38,22 @@ pub fn resolve(reference: &str, base: &Path) -> Result<PathBuf, String> {
     if let Some(found) = tried.iter().find(|p| p.is_file()) {
         return Ok(found.clone());
     }
-    let looked: Vec<String> = tried.iter().map(|p| p.display().to_string()).collect();
+    // Something there that is not a file: a device such as /dev/zero, a FIFO or a socket is
+    // an error of its own ("not found" would puzzle); a directory is skipped and named.
+    let mut looked = Vec::new();
+    for p in &tried {
+        match std::fs::metadata(p) {
+            Ok(m) if m.is_dir() => looked.push(format!("{} (a directory)", p.display())),
+            Ok(_) => {
+                return Err(format!(
+                    "plugin `{reference}`: {} is not a regular file (devices, FIFOs and \
+                     sockets are refused)",
+                    p.display()
+                ));
+            }
+            Err(_) => looked.push(p.display().to_string()),
+        }
+    }
     Err(format!(
         "plugin file `{reference}` not found (looked at: {}); build plugins with `cargo xtask \
          build-plugins`, or set MXPOLICY_PLUGIN_DIR",

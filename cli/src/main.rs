@@ -29,7 +29,7 @@ enum Command {
     /// and on stderr a diff for every expectation that does not hold. Exit status: 0 when every
     /// expectation holds, 1 when one fails, 2 for bad input.
     Replay {
-        /// Scenario files (JSON).
+        /// Scenario files (JSON; regular files of at most 64 MiB).
         #[arg(required = true)]
         files: Vec<PathBuf>,
         /// Do not print the JSON lines, only failures and the summary.
@@ -47,8 +47,8 @@ enum Command {
         /// Plugin files (`.wasm` components) or names.
         #[arg(required = true)]
         plugins: Vec<String>,
-        /// A JSON file with the configuration to validate (default: `{}`, reported but not
-        /// counted as a failure).
+        /// A JSON file with the configuration to validate (a regular file of at most 4 MiB;
+        /// default: `{}`, reported but not counted as a failure).
         #[arg(long, value_name = "FILE", conflicts_with = "config_json")]
         config: Option<PathBuf>,
         /// The configuration to validate, as JSON text.
@@ -90,25 +90,10 @@ fn main() -> ExitCode {
 }
 
 fn config_arg(file: Option<PathBuf>, text: Option<String>) -> Result<check::ConfigArg, String> {
-    let parse = |text: &str, source: String| {
-        serde_json::from_str(text)
-            .map(|value| check::ConfigArg {
-                value,
-                source: Some(source.clone()),
-            })
-            .map_err(|e| format!("{source}: malformed JSON: {e}"))
-    };
     match (file, text) {
-        (Some(path), _) => {
-            let text = std::fs::read_to_string(&path)
-                .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
-            parse(&text, path.display().to_string())
-        }
-        (None, Some(text)) => parse(&text, "--config-json".into()),
-        (None, None) => Ok(check::ConfigArg {
-            value: serde_json::json!({}),
-            source: None,
-        }),
+        (Some(path), _) => check::ConfigArg::from_file(&path),
+        (None, Some(text)) => check::ConfigArg::from_text(&text, "--config-json".into()),
+        (None, None) => Ok(check::ConfigArg::default_empty()),
     }
 }
 

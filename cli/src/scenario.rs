@@ -19,6 +19,12 @@ use serde_json::{Map, Value};
 
 use crate::expect::Expect;
 
+/// Largest scenario file `replay` reads: 64 MiB. A scenario of 100,000 short sends is about
+/// 10 MiB; the cap only stops a path like `/dev/zero`, or a runaway file, from exhausting
+/// memory.
+/// Anything but a regular file (a device, a FIFO, a socket, a directory) is refused too.
+pub const MAX_SCENARIO_BYTES: u64 = 64 << 20;
+
 /// A whole scenario file.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -478,9 +484,10 @@ fn bad_id(raw: &Map<String, Value>) -> Option<String> {
 }
 
 /// Read and parse a scenario file. Errors say which file, and where: line and column for
-/// malformed JSON, the step index and op for a bad step.
+/// malformed JSON, the step index and op for a bad step. A file that is not a regular file,
+/// or is larger than [`MAX_SCENARIO_BYTES`], is refused before it is read.
 pub fn load(path: &Path) -> anyhow::Result<Scenario> {
-    let text = std::fs::read_to_string(path)
+    let text = mxpolicy_host::read_bounded_to_string(path, MAX_SCENARIO_BYTES)
         .map_err(|e| anyhow::anyhow!("{}: cannot read: {e}", path.display()))?;
     // Syntax first, so malformed JSON is reported as such, with its position.
     match serde_json::from_str::<Value>(&text) {

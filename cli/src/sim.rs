@@ -6,6 +6,12 @@
 //! membership "at an event" is the last membership change of that user at or before the
 //! event's sequence number, the event itself included.
 //!
+//! Cost: replay must stay linear in the number of steps, so no operation here walks a room's
+//! whole history. Membership changes are indexed per room and user (the current membership is
+//! the last change; the membership at an event is a binary search), each user's current rooms
+//! are indexed too, and lookups return small copies ([`Account`], a room's version) instead of
+//! cloning records that grow with the history (a room's event list, a user's notices).
+//!
 //! History visibility, applied before the serve hooks are called (a simplified
 //! `synapse/visibility.py`):
 //! - user viewer: `world_readable` always; otherwise visible if the user was joined at the
@@ -53,6 +59,18 @@ impl Membership {
     }
 }
 
+/// What an op needs to know about an account to act for it: a small copy, so that looking a
+/// user up costs the same however many notices the account has received.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Account {
+    /// The account kind.
+    pub kind: UserKind,
+    /// Whether it belongs to the simulated server.
+    pub local: bool,
+    /// Deactivated.
+    pub deactivated: bool,
+}
+
 /// An account the simulation knows.
 #[derive(Debug, Clone)]
 pub struct User {
@@ -90,6 +108,15 @@ impl User {
             notices: Vec::new(),
         }
     }
+
+    /// The account's summary.
+    pub fn account(&self) -> Account {
+        Account {
+            kind: self.kind,
+            local: self.local,
+            deactivated: self.deactivated,
+        }
+    }
 }
 
 /// A room.
@@ -101,14 +128,41 @@ pub struct Room {
     pub visibility: HistoryVisibility,
     /// The `m.room.create` event, while the history holds it.
     pub create_event: Option<String>,
-    /// Membership changes: (sequence number, user, membership), in order.
-    pub timeline: Vec<(u64, OwnedUserId, Membership)>,
+    /// Membership changes of each user who has one: (sequence number, membership), in
+    /// order. The last one is the current membership. Changed only through
+    /// [`State::set_membership`] and `purge-room-history`, which keep the indexes in step.
+    memberships: BTreeMap<OwnedUserId, Vec<(u64, Membership)>>,
+    /// Users with a join among their membership changes.
+    ever_joined: BTreeSet<OwnedUserId>,
     /// The room's events, in order.
     pub events: Vec<String>,
     /// The user whose server-notices room this is.
     pub server_notices_for: Option<OwnedUserId>,
     /// Events removed by `purge-room-history`.
     pub purged: usize,
+}
+
+impl Room {
+    /// The user's current membership: the last change.
+    pub fn current(&self, user: &UserId) -> Option<Membership> {
+        self.memberships.get(user)?.last().map(|(_, m)| *m)
+    }
+
+    /// The user's membership at sequence number `seq` (inclusive): the last change at or
+    /// before it, found by binary search (a user's changes are in sequence order).
+    pub fn membership_at(&self, user: &UserId, seq: u64) -> Option<Membership> {
+        let changes = self.memberships.get(user)?;
+        let before = changes.partition_point(|(s, _)| *s <= seq);
+        changes[..before].last().map(|(_, m)| *m)
+    }
+
+    /// Users with a current membership of `m`, in user id order.
+    fn with(&self, m: Membership) -> impl Iterator<Item = &OwnedUserId> {
+        self.memberships
+            .iter()
+            .filter(move |(_, changes)| changes.last().map(|(_, c)| *c) == Some(m))
+            .map(|(u, _)| u)
+    }
 }
 
 /// A stored event.
@@ -177,6 +231,9 @@ pub struct State {
     pub media: BTreeMap<String, Media>,
     /// Media deleted by `delete-media`.
     pub deleted_media: BTreeSet<String>,
+    /// Each user's rooms where the current membership is join or invite, with that membership
+    /// (an index of the rooms' last membership changes).
+    current_rooms: BTreeMap<OwnedUserId, BTreeMap<OwnedRoomId, Membership>>,
     seq: u64,
 }
 
@@ -218,25 +275,26 @@ impl World {
     }
 
     /// A local user must be registered; a remote user is known from the moment it is named.
-    pub fn known_user(&self, user: &UserId) -> Result<User, String> {
+    pub fn known_user(&self, user: &UserId) -> Result<Account, String> {
         let mut s = self.write();
         if let Some(u) = s.users.get(user) {
-            return Ok(u.clone());
+            return Ok(u.account());
         }
         if self.is_local(user) {
             return Err(format!("unknown user {user} (register it first)"));
         }
         let u = User::new(UserKind::Regular, false);
-        s.users.insert(user.to_owned(), u.clone());
-        Ok(u)
+        let account = u.account();
+        s.users.insert(user.to_owned(), u);
+        Ok(account)
     }
 
-    /// A room that must exist.
-    pub fn known_room(&self, room: &RoomId) -> Result<Room, String> {
+    /// The version of a room that must exist.
+    pub fn known_room(&self, room: &RoomId) -> Result<RoomVersionId, String> {
         self.read()
             .rooms
             .get(room)
-            .cloned()
+            .map(|r| r.version.clone())
             .ok_or_else(|| format!("unknown room {room} (create it first)"))
     }
 
@@ -266,33 +324,33 @@ impl State {
 
     /// The user's current membership.
     pub fn membership(&self, room: &RoomId, user: &UserId) -> Option<Membership> {
-        self.membership_at(room, user, u64::MAX)
+        self.rooms.get(room)?.current(user)
     }
 
     /// The user's membership at sequence number `seq` (inclusive).
     pub fn membership_at(&self, room: &RoomId, user: &UserId, seq: u64) -> Option<Membership> {
-        self.rooms.get(room).and_then(|r| {
-            r.timeline
-                .iter()
-                .rev()
-                .find(|(s, u, _)| *s <= seq && u == user)
-                .map(|(_, _, m)| *m)
-        })
+        self.rooms.get(room)?.membership_at(user, seq)
+    }
+
+    /// The rooms where the user's current membership is one of `wanted`, in room id order.
+    fn rooms_with(&self, user: &UserId, wanted: &[Membership]) -> Vec<&OwnedRoomId> {
+        self.current_rooms
+            .get(user)
+            .into_iter()
+            .flatten()
+            .filter(|(_, m)| wanted.contains(m))
+            .map(|(r, _)| r)
+            .collect()
     }
 
     fn users_of_server_at(&self, room: &RoomId, server: &ServerName, seq: u64) -> Vec<Membership> {
         let Some(r) = self.rooms.get(room) else {
             return Vec::new();
         };
-        let users: BTreeSet<&OwnedUserId> = r
-            .timeline
-            .iter()
-            .filter(|(_, u, _)| u.server_name() == server)
-            .map(|(_, u, _)| u)
-            .collect();
-        users
-            .into_iter()
-            .filter_map(|u| self.membership_at(room, u, seq))
+        r.memberships
+            .keys()
+            .filter(|u| u.server_name() == server)
+            .filter_map(|u| r.membership_at(u, seq))
             .collect()
     }
 
@@ -375,7 +433,22 @@ impl State {
             ts,
         )?;
         if let Some(r) = self.rooms.get_mut(room) {
-            r.timeline.push((seq, target.to_owned(), membership));
+            r.memberships
+                .entry(target.to_owned())
+                .or_default()
+                .push((seq, membership));
+            if membership == Membership::Join {
+                r.ever_joined.insert(target.to_owned());
+            }
+        }
+        let rooms = self.current_rooms.entry(target.to_owned()).or_default();
+        match membership {
+            Membership::Join | Membership::Invite => {
+                rooms.insert(room.to_owned(), membership);
+            }
+            Membership::Leave => {
+                rooms.remove(room);
+            }
         }
         Ok(())
     }
@@ -425,7 +498,8 @@ impl State {
                 version,
                 visibility,
                 create_event: None,
-                timeline: Vec::new(),
+                memberships: BTreeMap::new(),
+                ever_joined: BTreeSet::new(),
                 events: Vec::new(),
                 server_notices_for,
                 purged: 0,
@@ -590,14 +664,8 @@ impl State {
         match action {
             Action::LeaveAllRooms { user } => {
                 let rooms: Vec<OwnedRoomId> = self
-                    .rooms
-                    .keys()
-                    .filter(|r| {
-                        matches!(
-                            self.membership(r, user),
-                            Some(Membership::Join | Membership::Invite)
-                        )
-                    })
+                    .rooms_with(user, &[Membership::Join, Membership::Invite])
+                    .into_iter()
                     .cloned()
                     .collect();
                 if rooms.is_empty() {
@@ -641,23 +709,28 @@ impl State {
                 let ids = std::mem::take(&mut r.events);
                 r.purged += ids.len();
                 r.create_event = None;
-                // The history is gone: only the current members remain, as of now.
-                let current: Vec<OwnedUserId> = {
-                    let mut last: BTreeMap<&OwnedUserId, Membership> = BTreeMap::new();
-                    for (_, u, m) in &r.timeline {
-                        last.insert(u, *m);
-                    }
-                    last.into_iter()
-                        .filter(|(_, m)| *m == Membership::Join)
-                        .map(|(u, _)| u.clone())
-                        .collect()
-                };
+                // The history is gone: only the current members remain, as of now. The others
+                // (invited, left) have no membership any more.
                 self.seq += 1;
                 let seq = self.seq;
-                r.timeline = current
-                    .into_iter()
-                    .map(|u| (seq, u, Membership::Join))
+                let (mut members, mut others) = (Vec::new(), Vec::new());
+                for (u, changes) in std::mem::take(&mut r.memberships) {
+                    if changes.last().map(|(_, m)| *m) == Some(Membership::Join) {
+                        members.push(u);
+                    } else {
+                        others.push(u);
+                    }
+                }
+                r.memberships = members
+                    .iter()
+                    .map(|u| (u.clone(), vec![(seq, Membership::Join)]))
                     .collect();
+                r.ever_joined = members.into_iter().collect();
+                for u in &others {
+                    if let Some(rooms) = self.current_rooms.get_mut(u) {
+                        rooms.remove(room);
+                    }
+                }
                 for id in &ids {
                     self.events.remove(id);
                     self.purged_ids.insert(id.clone());
@@ -689,9 +762,8 @@ impl State {
     pub fn user_facts(&self, user: &UserId) -> Option<Value> {
         let u = self.users.get(user)?;
         let rooms: Vec<&str> = self
-            .rooms
-            .keys()
-            .filter(|r| self.membership(r, user) == Some(Membership::Join))
+            .rooms_with(user, &[Membership::Join])
+            .into_iter()
             .map(|r| r.as_str())
             .collect();
         Some(json!({
@@ -711,21 +783,8 @@ impl State {
     /// What the simulation knows about a room.
     pub fn room_facts(&self, room: &RoomId) -> Option<Value> {
         let r = self.rooms.get(room)?;
-        let mut users: BTreeSet<&OwnedUserId> = BTreeSet::new();
-        let mut ever: BTreeSet<&str> = BTreeSet::new();
-        for (_, u, m) in &r.timeline {
-            users.insert(u);
-            if *m == Membership::Join {
-                ever.insert(u.as_str());
-            }
-        }
-        let with = |m: Membership| -> Vec<&str> {
-            users
-                .iter()
-                .filter(|u| self.membership(room, u) == Some(m))
-                .map(|u| u.as_str())
-                .collect()
-        };
+        let ever: BTreeSet<&str> = r.ever_joined.iter().map(|u| u.as_str()).collect();
+        let with = |m: Membership| -> Vec<&str> { r.with(m).map(|u| u.as_str()).collect() };
         Some(json!({
             "room_version": r.version.as_str(),
             "history_visibility": r.visibility,
@@ -757,39 +816,27 @@ impl Homeserver for World {
     }
 
     fn rooms_of_user(&self, user: &UserId) -> Vec<OwnedRoomId> {
-        let s = self.read();
-        s.rooms
-            .keys()
-            .filter(|r| s.membership(r, user) == Some(Membership::Join))
+        self.read()
+            .rooms_with(user, &[Membership::Join])
+            .into_iter()
             .cloned()
             .collect()
     }
 
     fn members_of_room(&self, room: &RoomId) -> Vec<OwnedUserId> {
-        let s = self.read();
-        let Some(r) = s.rooms.get(room) else {
-            return Vec::new();
-        };
-        let users: BTreeSet<&OwnedUserId> = r.timeline.iter().map(|(_, u, _)| u).collect();
-        users
-            .into_iter()
-            .filter(|u| s.membership(room, u) == Some(Membership::Join))
-            .cloned()
-            .collect()
+        self.read()
+            .rooms
+            .get(room)
+            .map(|r| r.with(Membership::Join).cloned().collect())
+            .unwrap_or_default()
     }
 
     fn ever_joined_members(&self, room: &RoomId) -> Vec<OwnedUserId> {
-        let s = self.read();
-        let Some(r) = s.rooms.get(room) else {
-            return Vec::new();
-        };
-        let users: BTreeSet<&OwnedUserId> = r
-            .timeline
-            .iter()
-            .filter(|(_, _, m)| *m == Membership::Join)
-            .map(|(_, u, _)| u)
-            .collect();
-        users.into_iter().cloned().collect()
+        self.read()
+            .rooms
+            .get(room)
+            .map(|r| r.ever_joined.iter().cloned().collect())
+            .unwrap_or_default()
     }
 }
 
@@ -888,5 +935,63 @@ mod tests {
         );
         drop(s);
         assert!(w.ever_joined_members(&room).is_empty());
+    }
+
+    #[test]
+    fn membership_indexes_follow_changes_and_purges() {
+        let (w, room) = world();
+        let a = owned_user_id!("@a:hs.example");
+        let b = owned_user_id!("@b:other.example");
+        let c = owned_user_id!("@c:other.example");
+        let mut s = w.write();
+        let m = |s: &mut State, id: &str, who: &OwnedUserId, m: Membership| {
+            s.set_membership(id, &room, who, who, m, 5).unwrap();
+            s.events[id].seq
+        };
+        let joined = m(&mut s, "$b1", &b, Membership::Join);
+        let left = m(&mut s, "$b2", &b, Membership::Leave);
+        let again = m(&mut s, "$b3", &b, Membership::Join);
+        s.set_membership("$c1", &room, &a, &c, Membership::Invite, 6)
+            .unwrap();
+        // Membership at each point of b's history, including between changes.
+        let at = |s: &State, seq| s.membership_at(&room, &b, seq);
+        assert_eq!(at(&s, joined - 1), None);
+        assert_eq!(at(&s, joined), Some(Membership::Join));
+        assert_eq!(at(&s, left), Some(Membership::Leave));
+        assert_eq!(at(&s, again - 1), Some(Membership::Leave));
+        assert_eq!(at(&s, u64::MAX), Some(Membership::Join));
+        assert_eq!(s.membership(&room, &c), Some(Membership::Invite));
+        let facts = s.room_facts(&room).unwrap();
+        assert_eq!(
+            facts["members"],
+            json!(["@a:hs.example", "@b:other.example"])
+        );
+        assert_eq!(facts["invited"], json!(["@c:other.example"]));
+        assert_eq!(
+            facts["ever_joined"],
+            json!(["@a:hs.example", "@b:other.example"])
+        );
+        // The purge forgets the invite: c is in no room, b and a remain members.
+        s.apply(&Action::PurgeRoomHistory { room: room.clone() }, "7", 9);
+        assert_eq!(s.membership(&room, &c), None);
+        assert_eq!(
+            s.apply(&Action::LeaveAllRooms { user: c.clone() }, "8", 9),
+            "@c:other.example: in no room"
+        );
+        assert_eq!(s.membership(&room, &b), Some(Membership::Join));
+        assert_eq!(s.membership_at(&room, &b, again), None, "history is gone");
+        drop(s);
+        assert_eq!(w.rooms_of_user(&b), vec![room.clone()]);
+        assert_eq!(w.members_of_room(&room), vec![a.clone(), b.clone()]);
+        assert_eq!(w.ever_joined_members(&room), vec![a, b.clone()]);
+        let mut s = w.write();
+        s.apply(&Action::LeaveAllRooms { user: b.clone() }, "9", 9);
+        drop(s);
+        assert!(w.rooms_of_user(&b).is_empty());
+        assert_eq!(
+            w.ever_joined_members(&room).len(),
+            2,
+            "left, but joined since the purge"
+        );
     }
 }

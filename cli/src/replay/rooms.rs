@@ -60,7 +60,7 @@ impl Runner {
         membership: Membership,
         event_id: &Option<String>,
     ) -> Result<(), String> {
-        let room_rec = self.world.known_room(room)?;
+        let room_version = self.world.known_room(room)?;
         let sender_rec = self.world.known_user(sender)?;
         if target != sender {
             self.world.known_user(target)?;
@@ -76,7 +76,7 @@ impl Runner {
                 sender: sender.to_owned(),
                 sender_kind: sender_rec.kind,
                 room_id: room.to_owned(),
-                room_version: room_rec.version.clone(),
+                room_version,
                 event_type: "m.room.member".into(),
                 state_key: Some(target.to_string()),
                 content: json!({"membership": membership.as_str()}),
@@ -132,7 +132,7 @@ impl Runner {
         state_key: &Option<String>,
         content: &Value,
     ) -> Result<(), String> {
-        let room_rec = self.world.known_room(room)?;
+        let room_version = self.world.known_room(room)?;
         let sender_rec = self.world.known_user(sender)?;
         if !content.is_object() {
             return Err("`content` must be a JSON object".into());
@@ -148,7 +148,7 @@ impl Runner {
                 sender: sender.to_owned(),
                 sender_kind: sender_rec.kind,
                 room_id: room.to_owned(),
-                room_version: room_rec.version.clone(),
+                room_version,
                 event_type: event_type.to_owned(),
                 state_key: state_key.clone(),
                 content: content.clone(),

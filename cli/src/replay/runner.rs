@@ -10,7 +10,7 @@ use mxpolicy_host::{
 use serde_json::{Map, Value, json};
 
 use super::plugins::Loaded;
-use crate::sim::{User, World};
+use crate::sim::{Account, World};
 
 pub(super) struct Runner {
     pub(super) world: Arc<World>,
@@ -42,7 +42,7 @@ impl Runner {
         self.clock.now_ms()
     }
 
-    pub(super) fn local_user(&self, user: &UserId) -> Result<User, String> {
+    pub(super) fn local_user(&self, user: &UserId) -> Result<Account, String> {
         if !self.world.is_local(user) {
             return Err(format!(
                 "{user} is not a user of {}; this op needs a local user",
