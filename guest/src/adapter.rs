@@ -27,18 +27,74 @@ fn with_policy<P: Policy, R>(f: impl FnOnce(&P) -> R) -> R {
     })
 }
 
-/// Parse the configuration; on error, name the key serde reports (`missing field `x``).
+/// Parse the configuration; on error, name the key by its path (`serde_path_to_error`), so a
+/// type error deep in the document names its key. A missing field is reported by serde at
+/// the object that lacks it, with the field only in the message (serde's error has no
+/// structured form for it), so that one message shape is read to append the field.
 fn parse_config<P: Policy>(json: &str) -> Result<P::Config, ConfigError> {
-    serde_json::from_str::<P::Config>(json).map_err(|e| {
-        let msg = e.to_string();
-        let key = msg
-            .split('`')
-            .nth(1)
-            .filter(|_| msg.contains("field"))
-            .unwrap_or_default()
-            .to_owned();
-        ConfigError::new(key, msg)
+    let de = &mut serde_json::Deserializer::from_str(json);
+    serde_path_to_error::deserialize::<_, P::Config>(de).map_err(|e| {
+        let path = e.path().to_string();
+        let message = e.inner().to_string();
+        let mut key = if path == "." { String::new() } else { path };
+        if let Some(field) = missing_field(&message) {
+            if !key.is_empty() {
+                key.push('.');
+            }
+            key.push_str(field);
+        }
+        ConfigError::new(key, message)
     })
+}
+
+/// The field of serde's "missing field `x`" message.
+fn missing_field(message: &str) -> Option<&str> {
+    message
+        .strip_prefix("missing field `")
+        .and_then(|rest| rest.split('`').next())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, serde::Deserialize)]
+    #[allow(dead_code)]
+    struct Inner {
+        limit: u32,
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    #[allow(dead_code)]
+    struct Config {
+        words: Vec<String>,
+        inner: Inner,
+    }
+
+    struct P;
+
+    impl Policy for P {
+        const NAME: &'static str = "p";
+        const VERSION: &'static str = "1";
+        const HOOKS: &'static [crate::Hook] = &[];
+        type Config = Config;
+        fn new(_: Config) -> Result<Self, ConfigError> {
+            Ok(P)
+        }
+    }
+
+    fn key(json: &str) -> String {
+        parse_config::<P>(json).unwrap_err().key
+    }
+
+    #[test]
+    fn config_errors_name_the_key() {
+        assert_eq!(key(r#"{"words": 5, "inner": {"limit": 1}}"#), "words");
+        assert_eq!(key(r#"{"words": ["a", 5], "inner": {"limit": 1}}"#), "words[1]");
+        assert_eq!(key(r#"{"words": [], "inner": {"limit": "x"}}"#), "inner.limit");
+        assert_eq!(key(r#"{"inner": {"limit": 1}}"#), "words");
+        assert_eq!(key(r#"{"words": [], "inner": {}}"#), "inner.limit");
+    }
 }
 
 impl<P: Policy> wit::Guest for Adapter<P> {

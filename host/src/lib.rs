@@ -46,16 +46,18 @@
 //! redacts with ruma's implementation of the redaction algorithm of each event's room version.
 //!
 //! # Containment
-//! Each call has an epoch deadline and a memory cap; a trap, timeout, out-of-memory, oversized
-//! or malformed output is a [`PluginFailure`] naming plugin, hook and cause, and the plugin's
+//! Each call has an epoch deadline, a memory cap, an output cap, a per-call write budget and a
+//! concurrency slot; each plugin has a state quota. A trap, timeout, stack overflow,
+//! out-of-memory, exceeded limit, oversized or malformed output is a [`PluginFailure`] naming
+//! the plugin instance, hook and cause, and the plugin's
 //! [`FailurePolicy`] for that hook applies (closed by default for everything that guards data).
 //! State written during a failing call is dropped. Components importing anything outside the
 //! world (WASI included) are refused at load time.
 //!
 //! # Hot swap
 //! [`Host::replace`] compiles and validates a new build, then publishes a new immutable chain
-//! generation atomically: calls in flight finish on the old build; state, keyed by plugin name,
-//! carries over.
+//! generation atomically: calls in flight finish on the old build; state, keyed by the plugin's
+//! instance name, carries over.
 
 #![deny(missing_docs)]
 

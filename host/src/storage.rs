@@ -1,8 +1,9 @@
 //! Where plugin state and timers live: the [`StateStore`] trait the homeserver implements, and
 //! [`MemoryStore`], the in-memory implementation for tests and the replay tool.
 //!
-//! Every plugin's keys and timers are namespaced by the plugin's name, so state carries over
-//! when a plugin is replaced by a new build of the same name. Writes made during one hook call
+//! Every plugin's keys and timers are namespaced by its instance name (the operator's name for
+//! the load, never the name the component reports), so state carries over when a plugin is
+//! replaced by a new build under the same instance name. Writes made during one hook call
 //! are buffered by the host and handed to [`StateStore::commit`] in one batch when the call
 //! returns successfully; a call that fails commits nothing.
 
@@ -41,6 +42,19 @@ pub struct ScheduledTimer {
     pub payload: Vec<u8>,
     /// Failed attempts so far.
     pub attempts: u32,
+}
+
+impl ScheduledTimer {
+    /// This timer as stored for `plugin` under `id`.
+    pub fn stored(&self, plugin: &str, id: &str) -> Timer {
+        Timer {
+            plugin: plugin.to_owned(),
+            id: id.to_owned(),
+            due_ms: self.due_ms,
+            payload: self.payload.clone(),
+            attempts: self.attempts,
+        }
+    }
 }
 
 /// The writes of one successful hook call, for one plugin.
@@ -203,13 +217,7 @@ impl StateStore for MemoryStore {
             .lock()
             .timers
             .get(&(plugin.to_owned(), id.to_owned()))
-            .map(|t| Timer {
-                plugin: plugin.to_owned(),
-                id: id.to_owned(),
-                due_ms: t.due_ms,
-                payload: t.payload.clone(),
-                attempts: t.attempts,
-            }))
+            .map(|t| t.stored(plugin, id)))
     }
 
     fn due_timers(
@@ -241,13 +249,7 @@ impl StateStore for MemoryStore {
                 inner
                     .timers
                     .get(&(plugin.to_owned(), id.to_owned()))
-                    .map(|t| Timer {
-                        plugin: plugin.to_owned(),
-                        id: id.to_owned(),
-                        due_ms: t.due_ms,
-                        payload: t.payload.clone(),
-                        attempts: t.attempts,
-                    })
+                    .map(|t| t.stored(plugin, id))
             })
             .collect())
     }

@@ -26,6 +26,16 @@ fn misbehaving(plugin: &str, hook: &str, how: &str) -> PluginSpec {
     spec(plugin).config(json!({"misbehave": {"hook": hook, "how": how}, "label": "bad"}))
 }
 
+fn get_root() -> HttpRequest {
+    HttpRequest {
+    method: "GET".into(),
+    path: "/".into(),
+    query: String::new(),
+    headers: vec![],
+    body: vec![],
+}
+}
+
 /// `levels` nested arrays around a string: `nested(2)` is `[["leaf"]]`.
 fn nested(levels: usize) -> Value {
     let mut v = json!("leaf");
@@ -153,13 +163,7 @@ fn redacting_ten_thousand_levels_on_a_2_mib_thread_withholds_instead_of_aborting
 #[test]
 fn http_header_injection_and_header_floods_are_plugin_failures() {
     let t = test_host();
-    let request = HttpRequest {
-        method: "GET".into(),
-        path: "/".into(),
-        query: String::new(),
-        headers: vec![],
-        body: vec![],
-    };
+    let request = get_root();
     t.host
         .load(misbehaving("scripted-a", "on-http", "header-inject"))
         .unwrap();
@@ -566,13 +570,7 @@ fn a_plugin_flooded_with_calls_refuses_its_own_calls_not_its_neighbours() {
     )
     .unwrap();
     host.load(spec("scripted-b").max_concurrency(8)).unwrap();
-    let request = HttpRequest {
-        method: "GET".into(),
-        path: "/".into(),
-        query: String::new(),
-        headers: vec![],
-        body: vec![],
-    };
+    let request = get_root();
     // More calls than the whole pool holds, all at once.
     let hostile_calls = 64;
     let barrier = Arc::new(Barrier::new(hostile_calls + 1));

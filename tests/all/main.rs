@@ -9,6 +9,7 @@ mod raw;
 mod support;
 
 mod cli_limits;
+mod api;
 mod composition;
 mod consent;
 mod containment;

@@ -148,22 +148,34 @@ fn a_failing_timer_stays_scheduled_and_is_retried() {
 
 #[test]
 fn several_timers_fire_in_due_order() {
-    // The scripted plugin schedules `t/<n>` per send: three sends, three timers.
+    // The scripted plugin schedules `t/<n>` per send, `timer_after_ms` after now: three sends
+    // with decreasing delays schedule t/0, t/1, t/2 due in the reverse of their id order, so
+    // only ordering by due time gives t/2, t/1, t/0.
     let t = test_host();
     t.host
-        .load(spec("scripted-a").config(json!({"timer_after_ms": 5})))
+        .load(spec("scripted-a").config(json!({"timer_after_ms": 30})))
         .unwrap();
-    for _ in 0..3 {
+    t.host.on_send(&message("@a:hs.example", "hi"));
+    for after in [20, 10] {
+        t.host
+            .replace(
+                "scripted-a",
+                spec("scripted-a").config(json!({"timer_after_ms": after})),
+            )
+            .unwrap();
         t.host.on_send(&message("@a:hs.example", "hi"));
     }
-    t.clock.advance(5);
-    let ids: Vec<String> = t
+    t.clock.advance(30);
+    let fired: Vec<(String, u64)> = t
         .host
         .run_timers()
         .unwrap()
         .outcome
         .into_iter()
-        .map(|f| f.id)
+        .map(|f| (f.id, f.due_ms - T0))
         .collect();
-    assert_eq!(ids, vec!["t/0", "t/1", "t/2"]);
+    assert_eq!(
+        fired,
+        vec![("t/2".into(), 10), ("t/1".into(), 20), ("t/0".into(), 30)]
+    );
 }
