@@ -1,10 +1,10 @@
 //! Where hooks get `now-ms` from. Plugins have no clock of their own, so the host's clock is
-//! the only time they see: a [`ManualClock`] makes every decision reproducible in tests.
+//! the only time they see: a `ManualClock` (feature `testing`) makes every decision
+//! reproducible in tests.
 
-use std::{
-    sync::atomic::{AtomicU64, Ordering},
-    time::{SystemTime, UNIX_EPOCH},
-};
+#[cfg(feature = "testing")]
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 /// A source of the current time, in milliseconds since the Unix epoch.
 pub trait Clock: Send + Sync {
@@ -25,10 +25,12 @@ impl Clock for SystemClock {
     }
 }
 
+#[cfg(feature = "testing")]
 /// A clock that moves only when told to.
 #[derive(Debug, Default)]
 pub struct ManualClock(AtomicU64);
 
+#[cfg(feature = "testing")]
 impl ManualClock {
     /// A clock showing `now_ms`.
     pub fn new(now_ms: u64) -> Self {
@@ -46,6 +48,7 @@ impl ManualClock {
     }
 }
 
+#[cfg(feature = "testing")]
 impl Clock for ManualClock {
     fn now_ms(&self) -> u64 {
         self.0.load(Ordering::SeqCst)

@@ -1,12 +1,16 @@
 //! Read-only questions plugins may ask the homeserver: the [`Homeserver`] trait, and
-//! [`MemoryHomeserver`], an in-memory implementation for tests and the replay tool.
+//! `MemoryHomeserver` (feature `testing`), an in-memory implementation for tests and the
+//! replay tool.
 
+#[cfg(feature = "testing")]
 use std::{
     collections::{BTreeMap, BTreeSet},
     sync::RwLock,
 };
 
-use ruma::{OwnedRoomId, OwnedServerName, OwnedUserId, RoomId, ServerName, UserId};
+#[cfg(feature = "testing")]
+use ruma::OwnedServerName;
+use ruma::{OwnedRoomId, OwnedUserId, RoomId, ServerName, UserId};
 
 /// The homeserver's answers to plugin queries. Called synchronously from inside a plugin call,
 /// so answers must be quick (a cache lookup, not a network round trip): epoch deadlines do not
@@ -26,12 +30,14 @@ pub trait Homeserver: Send + Sync {
     }
 }
 
+#[cfg(feature = "testing")]
 #[derive(Default)]
 struct Rooms {
     joined: BTreeMap<OwnedRoomId, BTreeSet<OwnedUserId>>,
     ever: BTreeMap<OwnedRoomId, BTreeSet<OwnedUserId>>,
 }
 
+#[cfg(feature = "testing")]
 /// An in-memory [`Homeserver`] whose membership the caller sets with [`join`](Self::join) and
 /// [`leave`](Self::leave).
 pub struct MemoryHomeserver {
@@ -39,6 +45,7 @@ pub struct MemoryHomeserver {
     rooms: RwLock<Rooms>,
 }
 
+#[cfg(feature = "testing")]
 impl MemoryHomeserver {
     /// A homeserver with no rooms.
     pub fn new(server_name: OwnedServerName) -> Self {
@@ -77,6 +84,7 @@ impl MemoryHomeserver {
     }
 }
 
+#[cfg(feature = "testing")]
 impl Homeserver for MemoryHomeserver {
     fn server_name(&self) -> &ServerName {
         &self.server_name

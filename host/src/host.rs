@@ -121,7 +121,7 @@ pub struct HostBuilder {
 }
 
 impl HostBuilder {
-    /// Where plugin state and timers live. Default: a fresh [`MemoryStore`](crate::MemoryStore).
+    /// Where plugin state and timers live. Default: a fresh in-memory store (lost on restart).
     pub fn state(mut self, state: Arc<dyn StateStore>) -> Self {
         self.state = Some(state);
         self
@@ -174,7 +174,7 @@ impl HostBuilder {
             runtime: Arc::new(Runtime::new(self.allocation)?),
             state: self
                 .state
-                .unwrap_or_else(|| Arc::new(crate::MemoryStore::new())),
+                .unwrap_or_else(|| Arc::new(crate::storage::MemoryStore::new())),
             homeserver: self.homeserver,
             clock: self.clock,
             chain: ArcSwap::from_pointee(Generation {

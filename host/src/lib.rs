@@ -81,26 +81,34 @@ mod storage;
 mod text;
 mod types;
 
-pub use clock::{Clock, ManualClock, SystemClock};
+pub use clock::{Clock, SystemClock};
+#[cfg(feature = "testing")]
+pub use clock::ManualClock;
 pub use decision::{Decision, FiredTimer, TimerStats};
 pub use engine::Allocation;
 pub use error::{Error, FailureCause, PluginFailure, QuotaExceeded, Result, StoreError};
 pub use file::{MAX_COMPONENT_BYTES, read_bounded, read_bounded_to_string};
-pub use homeserver::{Homeserver, MemoryHomeserver};
+pub use homeserver::Homeserver;
+#[cfg(feature = "testing")]
+pub use homeserver::MemoryHomeserver;
 pub use host::{
     DEFAULT_TIMERS_PER_PASS, Host, HostBuilder, Inspection, MAX_TIMER_ATTEMPTS, PluginReport,
     TIMER_RETRY_BASE_MS, TIMER_RETRY_MAX_MS,
 };
 pub use json::DEFAULT_MAX_CONTENT_DEPTH;
-pub use plugin::ALLOWED_IMPORTS;
+/// ruma is part of this crate's API: every id in the hook types is a ruma id, and events are
+/// redacted with ruma's rules. It is re-exported so an embedder names exactly the version the
+/// host was built with; a ruma release that breaks these types is a breaking release of
+/// this crate.
 pub use ruma;
 pub use spec::{
     DEFAULT_DEADLINE, DEFAULT_MAX_CONCURRENCY, DEFAULT_MAX_OUTPUT_BYTES, DEFAULT_MEMORY_BYTES,
     DEFAULT_QUOTA, InstanceMode, PluginSpec,
 };
+#[cfg(feature = "testing")]
+pub use storage::MemoryStore;
 pub use storage::{
-    Changes, ENTRY_OVERHEAD_BYTES, MemoryStore, Quota, ScheduledTimer, StateStore, Timer,
-    entry_bytes,
+    Changes, ENTRY_OVERHEAD_BYTES, Quota, ScheduledTimer, StateStore, Timer, entry_bytes,
 };
 pub use types::{
     Action, Deactivation, FailurePolicy, HistoryVisibility, Hook, HttpRequest, HttpResponse,

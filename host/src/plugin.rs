@@ -21,7 +21,7 @@ use crate::{
 };
 
 /// The interfaces a plugin may import: the `mxpolicy:policy` world, nothing else.
-pub const ALLOWED_IMPORTS: [&str; 5] = [
+pub(crate) const ALLOWED_IMPORTS: [&str; 5] = [
     "mxpolicy:policy/types@0.1.0",
     "mxpolicy:policy/state@0.1.0",
     "mxpolicy:policy/timers@0.1.0",

@@ -165,10 +165,13 @@ struct Inner {
 /// An in-memory [`StateStore`]: for tests, examples and `mxpolicy replay`. Everything is lost
 /// when it is dropped.
 #[derive(Default)]
+// Public with the `testing` feature; without it, the host's default store only.
+#[cfg_attr(not(feature = "testing"), allow(unreachable_pub))]
 pub struct MemoryStore {
     inner: Mutex<Inner>,
 }
 
+#[cfg_attr(not(feature = "testing"), allow(unreachable_pub))]
 impl MemoryStore {
     /// An empty store.
     pub fn new() -> Self {
@@ -179,15 +182,6 @@ impl MemoryStore {
         // A poisoned lock only means another thread panicked mid-way; the maps themselves are
         // always consistent because every mutation happens in `commit` without panicking.
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Every key of every plugin, for inspection in tests: `(plugin, key, value)`.
-    pub fn dump(&self) -> Vec<(String, String, Vec<u8>)> {
-        self.lock()
-            .kv
-            .iter()
-            .map(|((p, k), v)| (p.clone(), k.clone(), v.clone()))
-            .collect()
     }
 }
 

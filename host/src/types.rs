@@ -7,6 +7,15 @@
 //! surprise for the homeserver). Why `serde_json::Value` for events rather than ruma's event
 //! types: serve hooks must return the event exactly as the homeserver would have served it,
 //! including unknown keys, and redaction works on canonical JSON anyway.
+//!
+//! # JSON naming (the wire format of every serialized host type)
+//! One rule, for every type of this crate and for the service's wire format built on them:
+//! **keys are snake_case** (`room_version`, `decided_by`, as Matrix spells its own keys) and
+//! **enum values are kebab-case, the case names of the WIT** (`on-send`, `leave-all-rooms`,
+//! `server-notices`, `world-readable`, `out-of-memory`), so a value reads the same in the
+//! WIT, in logs, in URLs (`/hooks/on-send`) and in JSON. Where Matrix itself spells a value
+//! with an underscore (`world_readable`, Synapse's `server_notices`), that spelling is also
+//! accepted on input, so a homeserver can pass its own strings through.
 
 use std::fmt;
 
@@ -41,20 +50,6 @@ pub enum Hook {
 }
 
 impl Hook {
-    /// Every hook, in WIT order.
-    pub const ALL: [Hook; 10] = [
-        Hook::OnSend,
-        Hook::OnClientServe,
-        Hook::OnFederationServe,
-        Hook::OnDeactivate,
-        Hook::OnReactivate,
-        Hook::OnMediaUpload,
-        Hook::OnMediaFetch,
-        Hook::OnHttp,
-        Hook::OnTimer,
-        Hook::OnAdmin,
-    ];
-
     /// The hook's WIT name (`on-send`, ...).
     pub fn as_str(self) -> &'static str {
         match self {
@@ -112,7 +107,7 @@ impl fmt::Display for FailurePolicy {
 
 /// What kind of account a user is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[serde(rename_all = "kebab-case")]
 pub enum UserKind {
     /// An ordinary user.
     #[default]
@@ -122,6 +117,7 @@ pub enum UserKind {
     /// An application-service user.
     Appservice,
     /// The server-notices user.
+    #[serde(alias = "server_notices")]
     ServerNotices,
     /// A bot account.
     Bot,
@@ -163,7 +159,7 @@ impl MatrixError {
 
 /// Allow, or deny with a Matrix error.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "verdict", rename_all = "snake_case")]
+#[serde(tag = "verdict", rename_all = "kebab-case")]
 pub enum Verdict {
     /// Go ahead.
     Allow,
@@ -254,9 +250,10 @@ pub struct SendEvent {
 
 /// `m.room.history_visibility` at an event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[serde(rename_all = "kebab-case")]
 pub enum HistoryVisibility {
     /// Anyone.
+    #[serde(alias = "world_readable")]
     WorldReadable,
     /// Members, all history.
     #[default]
@@ -269,7 +266,7 @@ pub enum HistoryVisibility {
 
 /// Who events are served to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[serde(rename_all = "kebab-case")]
 pub enum Viewer {
     /// A user.
     User(OwnedUserId),
@@ -298,7 +295,7 @@ pub struct ServeEvent {
 
 /// What happened to one served event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[serde(rename_all = "kebab-case")]
 pub enum ServeVerdict {
     /// Served unchanged.
     Serve,
@@ -335,7 +332,7 @@ pub struct MediaUpload {
 
 /// Who asks for media.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[serde(rename_all = "kebab-case")]
 pub enum Requester {
     /// A user.
     User(OwnedUserId),
