@@ -18,23 +18,59 @@ fn invalid(msg: impl Into<String>) -> FailureCause {
     FailureCause::InvalidOutput(msg.into())
 }
 
-pub(crate) fn hook_from_wit(h: wit::Hook) -> Hook {
-    match h {
-        wit::Hook::OnSend => Hook::OnSend,
-        wit::Hook::OnClientServe => Hook::OnClientServe,
-        wit::Hook::OnFederationServe => Hook::OnFederationServe,
-        wit::Hook::OnDeactivate => Hook::OnDeactivate,
-        wit::Hook::OnReactivate => Hook::OnReactivate,
-        wit::Hook::OnMediaUpload => Hook::OnMediaUpload,
-        wit::Hook::OnMediaFetch => Hook::OnMediaFetch,
-        wit::Hook::OnHttp => Hook::OnHttp,
-        wit::Hook::OnTimer => Hook::OnTimer,
-        wit::Hook::OnAdmin => Hook::OnAdmin,
-    }
+/// The host's copy of a plain WIT enum, with both conversions generated from one list of
+/// cases. The host keeps its own enums because the WIT bindings are private (a new WIT
+/// version must not change the host's API); the exhaustive matches make a WIT change that
+/// adds a case a compile error here rather than a silent gap.
+macro_rules! same_enum {
+    ($host:ident, $wit:ident { $($case:ident),+ $(,)? }) => {
+        impl From<wit::$wit> for $host {
+            fn from(v: wit::$wit) -> Self {
+                match v {
+                    $(wit::$wit::$case => $host::$case),+
+                }
+            }
+        }
+
+        impl From<$host> for wit::$wit {
+            fn from(v: $host) -> Self {
+                match v {
+                    $($host::$case => wit::$wit::$case),+
+                }
+            }
+        }
+    };
 }
 
+same_enum!(Hook, Hook {
+    OnSend,
+    OnClientServe,
+    OnFederationServe,
+    OnDeactivate,
+    OnReactivate,
+    OnMediaUpload,
+    OnMediaFetch,
+    OnHttp,
+    OnTimer,
+    OnAdmin,
+});
+same_enum!(UserKind, UserKind {
+    Regular,
+    Guest,
+    Appservice,
+    ServerNotices,
+    Bot,
+    Support,
+});
+same_enum!(HistoryVisibility, HistoryVisibility {
+    WorldReadable,
+    Shared,
+    Invited,
+    Joined,
+});
+
 pub(crate) fn info_from_wit(info: wit::PluginInfo) -> PluginInfo {
-    let mut hooks: Vec<Hook> = info.hooks.into_iter().map(hook_from_wit).collect();
+    let mut hooks: Vec<Hook> = info.hooks.into_iter().map(Hook::from).collect();
     hooks.sort();
     hooks.dedup();
     PluginInfo {
@@ -44,22 +80,11 @@ pub(crate) fn info_from_wit(info: wit::PluginInfo) -> PluginInfo {
     }
 }
 
-fn kind_to_wit(k: UserKind) -> wit::UserKind {
-    match k {
-        UserKind::Regular => wit::UserKind::Regular,
-        UserKind::Guest => wit::UserKind::Guest,
-        UserKind::Appservice => wit::UserKind::Appservice,
-        UserKind::ServerNotices => wit::UserKind::ServerNotices,
-        UserKind::Bot => wit::UserKind::Bot,
-        UserKind::Support => wit::UserKind::Support,
-    }
-}
-
 pub(crate) fn send_to_wit(e: &SendEvent, now_ms: u64) -> wit::SendContext {
     wit::SendContext {
         now_ms,
         sender: e.sender.to_string(),
-        sender_kind: kind_to_wit(e.sender_kind),
+        sender_kind: e.sender_kind.into(),
         room_id: e.room_id.to_string(),
         room_version: e.room_version.to_string(),
         event_type: e.event_type.clone(),
@@ -67,15 +92,6 @@ pub(crate) fn send_to_wit(e: &SendEvent, now_ms: u64) -> wit::SendContext {
         content_json: e.content.to_string(),
         origin_server_ts: e.origin_server_ts,
         is_server_notices_room: e.is_server_notices_room,
-    }
-}
-
-fn visibility_to_wit(v: HistoryVisibility) -> wit::HistoryVisibility {
-    match v {
-        HistoryVisibility::WorldReadable => wit::HistoryVisibility::WorldReadable,
-        HistoryVisibility::Shared => wit::HistoryVisibility::Shared,
-        HistoryVisibility::Invited => wit::HistoryVisibility::Invited,
-        HistoryVisibility::Joined => wit::HistoryVisibility::Joined,
     }
 }
 
@@ -110,7 +126,7 @@ pub(crate) fn serve_event_to_wit(e: &ServeEvent) -> Result<wit::ServeEvent, Stri
             .and_then(Value::as_u64)
             .unwrap_or(0),
         room_version: e.room_version.to_string(),
-        history_visibility: visibility_to_wit(e.history_visibility),
+        history_visibility: e.history_visibility.into(),
         viewer_joined: e.viewer_joined,
     })
 }
