@@ -8,7 +8,7 @@ use wasmtime::ResourceLimiter;
 use crate::{
     error::FailureCause,
     homeserver::Homeserver,
-    storage::{Changes, ENTRY_OVERHEAD_BYTES, StateStore},
+    storage::{ENTRY_OVERHEAD_BYTES, StateStore, Transaction},
 };
 
 /// Largest state key or timer id a plugin may use, in bytes.
@@ -41,8 +41,9 @@ pub(crate) struct CallCtx {
     pub(crate) plugin: Arc<str>,
     pub(crate) store: Arc<dyn StateStore>,
     pub(crate) homeserver: Arc<dyn Homeserver>,
-    /// Writes of the current call, committed by the host only if the call succeeds.
-    pub(crate) changes: Changes,
+    /// The current call's transaction: its reads (validated at commit) and its writes,
+    /// committed by the host only if the call succeeds.
+    pub(crate) txn: Transaction,
     pub(crate) written_bytes: usize,
     /// Set when a state-store read failed, so the failure is reported as a store failure.
     pub(crate) store_failed: Option<String>,
@@ -69,7 +70,7 @@ impl CallCtx {
             plugin,
             store,
             homeserver,
-            changes: Changes::default(),
+            txn: Transaction::default(),
             written_bytes: 0,
             store_failed: None,
             last_error_log: None,
@@ -87,7 +88,7 @@ impl CallCtx {
 
     /// Forget the writes of a previous call on a reused instance.
     pub(crate) fn reset(&mut self) {
-        self.changes = Changes::default();
+        self.txn = Transaction::default();
         self.written_bytes = 0;
         self.store_failed = None;
         self.last_error_log = None;

@@ -42,32 +42,41 @@ macro_rules! same_enum {
     };
 }
 
-same_enum!(Hook, Hook {
-    OnSend,
-    OnClientServe,
-    OnFederationServe,
-    OnDeactivate,
-    OnReactivate,
-    OnMediaUpload,
-    OnMediaFetch,
-    OnHttp,
-    OnTimer,
-    OnAdmin,
-});
-same_enum!(UserKind, UserKind {
-    Regular,
-    Guest,
-    Appservice,
-    ServerNotices,
-    Bot,
-    Support,
-});
-same_enum!(HistoryVisibility, HistoryVisibility {
-    WorldReadable,
-    Shared,
-    Invited,
-    Joined,
-});
+same_enum!(
+    Hook,
+    Hook {
+        OnSend,
+        OnClientServe,
+        OnFederationServe,
+        OnDeactivate,
+        OnReactivate,
+        OnMediaUpload,
+        OnMediaFetch,
+        OnHttp,
+        OnTimer,
+        OnAdmin,
+    }
+);
+same_enum!(
+    UserKind,
+    UserKind {
+        Regular,
+        Guest,
+        Appservice,
+        ServerNotices,
+        Bot,
+        Support,
+    }
+);
+same_enum!(
+    HistoryVisibility,
+    HistoryVisibility {
+        WorldReadable,
+        Shared,
+        Invited,
+        Joined,
+    }
+);
 
 pub(crate) fn info_from_wit(info: wit::PluginInfo) -> PluginInfo {
     let mut hooks: Vec<Hook> = info.hooks.into_iter().map(Hook::from).collect();

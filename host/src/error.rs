@@ -174,6 +174,9 @@ pub enum FailureCause {
         /// The plugin's concurrency limit.
         max_concurrency: u32,
     },
+    /// The call kept conflicting with concurrent calls that wrote keys it read (see
+    /// [`StateStore`](crate::StateStore)'s transactions), and was given up.
+    Conflict(String),
     /// wasmtime's instance pool had no free slot (memories, tables or instances). The host
     /// reserves pool capacity per plugin, so this means the pool is configured smaller than
     /// the chain needs.
@@ -202,6 +205,7 @@ impl fmt::Display for FailureCause {
                 "busy: all {max_concurrency} concurrent calls allowed for this plugin are in use"
             ),
             Self::PoolExhausted(msg) => write!(f, "instance pool exhausted: {msg}"),
+            Self::Conflict(key) => write!(f, "state conflict: {key}"),
         }
     }
 }

@@ -22,7 +22,7 @@ use crate::{
     plugin::Plugin,
     redact,
     spec::PluginSpec,
-    storage::{Changes, Quota, ScheduledTimer, StateStore},
+    storage::{Changes, Quota, ScheduledTimer, StateStore, Transaction},
     types::{
         Deactivation, FailurePolicy, Hook, HttpRequest, HttpResponse, MatrixError, MediaFetch,
         MediaUpload, PluginInfo, Reactivation, SendEvent, ServeEvent, ServeVerdict, ServedEvent,
@@ -393,7 +393,7 @@ impl Host {
 
     /// Read a plugin's state directly (admin and audit APIs built on plugin state).
     pub fn read_state(&self, plugin: &str, key: &str) -> Result<Option<Vec<u8>>> {
-        Ok(self.state.get(plugin, key)?)
+        Ok(self.state.get(plugin, key)?.map(|e| e.value))
     }
 
     /// List a plugin's state keys under `prefix`.
@@ -421,10 +421,9 @@ impl Host {
         let chain = self.chain.load();
         let mut decision = Decision::new(Verdict::Allow);
         for plugin in chain.plugins.iter().filter(|p| p.wants(hook)) {
-            let result = plugin.call(&self.runtime, call).and_then(|(out, changes)| {
+            let result = plugin.run(&self.runtime, call, |out, _txn| {
                 let verdict = convert::verdict_from_wit(out.verdict)?;
                 let actions = convert::actions_from_wit(out.actions)?;
-                plugin.commit(&changes)?;
                 Ok((verdict, actions))
             });
             match result {
@@ -543,34 +542,32 @@ impl Host {
         let mut decision = Decision::new(Vec::new());
         let chain = self.chain.load();
         for plugin in chain.plugins.iter().filter(|p| p.wants(hook)) {
-            let result = plugin
-                .call(&self.runtime, |b, s| {
-                    if hook == Hook::OnClientServe {
-                        b.call_on_client_serve(s, &ctx)
-                    } else {
-                        b.call_on_federation_serve(s, &ctx)
-                    }
-                })
-                .and_then(|(out, changes)| {
-                    if out.verdicts.len() != n {
+            let serve_call = |b: &Policy, s: &mut Store<CallCtx>| {
+                if hook == Hook::OnClientServe {
+                    b.call_on_client_serve(s, &ctx)
+                } else {
+                    b.call_on_federation_serve(s, &ctx)
+                }
+            };
+            let result = plugin.run(&self.runtime, serve_call, |out, _txn| {
+                if out.verdicts.len() != n {
+                    return Err(FailureCause::InvalidOutput(format!(
+                        "{} verdicts for {n} events",
+                        out.verdicts.len()
+                    )));
+                }
+                for v in &out.verdicts {
+                    if let wit::ServeVerdict::Pseudonymize(p) = v
+                        && ruma::UserId::parse(p).is_err()
+                    {
                         return Err(FailureCause::InvalidOutput(format!(
-                            "{} verdicts for {n} events",
-                            out.verdicts.len()
+                            "pseudonym `{p}` is not a user id"
                         )));
                     }
-                    for v in &out.verdicts {
-                        if let wit::ServeVerdict::Pseudonymize(p) = v
-                            && ruma::UserId::parse(p).is_err()
-                        {
-                            return Err(FailureCause::InvalidOutput(format!(
-                                "pseudonym `{p}` is not a user id"
-                            )));
-                        }
-                    }
-                    let actions = convert::actions_from_wit(out.actions)?;
-                    plugin.commit(&changes)?;
-                    Ok((out.verdicts, actions))
-                });
+                }
+                let actions = convert::actions_from_wit(out.actions)?;
+                Ok((out.verdicts, actions))
+            });
             match result {
                 Ok((plugin_verdicts, actions)) => {
                     decision.actions.extend(actions);
@@ -621,13 +618,14 @@ impl Host {
             .find(plugin, Hook::OnHttp)
             .ok_or_else(|| Error::NoSuchPlugin(plugin.to_owned()))?;
         let req = convert::http_to_wit(request, self.now());
-        let result = p
-            .call(&self.runtime, |b, s| b.call_on_http(s, &req))
-            .and_then(|(out, changes)| {
+        let result = p.run(
+            &self.runtime,
+            |b, s| b.call_on_http(s, &req),
+            |out, _txn| {
                 let (response, actions) = convert::http_from_wit(out)?;
-                p.commit(&changes)?;
                 Ok((response, actions))
-            });
+            },
+        );
         Ok(match result {
             Ok((response, actions)) => {
                 let mut d = Decision::new(response);
@@ -675,18 +673,19 @@ impl Host {
             command: command.to_owned(),
             args_json: args.to_string(),
         };
-        let result = p
-            .call(&self.runtime, |b, s| b.call_on_admin(s, &req))
-            .and_then(|(out, changes)| match out {
+        let result = p.run(
+            &self.runtime,
+            |b, s| b.call_on_admin(s, &req),
+            |out, _txn| match out {
                 Ok(text) => {
                     let value = serde_json::from_str(&text).map_err(|e| {
                         FailureCause::InvalidOutput(format!("admin answer is not JSON: {e}"))
                     })?;
-                    p.commit(&changes)?;
                     Ok(Ok(value))
                 }
                 Err(message) => Ok(Err(message)),
-            });
+            },
+        );
         match result {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(message)) => Err(Error::AdminRefused {
@@ -732,14 +731,15 @@ impl Host {
                 due_ms: timer.due_ms,
                 payload: timer.payload,
             };
-            let result = plugin
-                .call(&self.runtime, |b, s| b.call_on_timer(s, &ctx))
-                .and_then(|(out, mut changes)| {
+            let result = plugin.run(
+                &self.runtime,
+                |b, s| b.call_on_timer(s, &ctx),
+                |out, txn| {
                     let actions = convert::actions_from_wit(out)?;
-                    changes.timers.entry(timer.id.clone()).or_insert(None);
-                    plugin.commit(&changes)?;
+                    txn.changes.timers.entry(timer.id.clone()).or_insert(None);
                     Ok(actions)
-                });
+                },
+            );
             let mut fired = FiredTimer {
                 plugin: timer.plugin,
                 id: timer.id,
@@ -782,8 +782,11 @@ impl Host {
                     };
                     let mut changes = Changes::default();
                     changes.timers.insert(fired.id.clone(), retry);
-                    self.state
-                        .commit(&plugin.name, &changes, &Quota::UNLIMITED)?;
+                    self.state.commit(
+                        &plugin.name,
+                        &Transaction::writes(changes),
+                        &Quota::UNLIMITED,
+                    )?;
                 }
             }
             decision.outcome.push(fired);

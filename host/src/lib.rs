@@ -81,9 +81,9 @@ mod storage;
 mod text;
 mod types;
 
-pub use clock::{Clock, SystemClock};
 #[cfg(feature = "testing")]
 pub use clock::ManualClock;
+pub use clock::{Clock, SystemClock};
 pub use decision::{Decision, FiredTimer, TimerStats};
 pub use engine::Allocation;
 pub use error::{Error, FailureCause, PluginFailure, QuotaExceeded, Result, StoreError};
@@ -108,7 +108,8 @@ pub use spec::{
 #[cfg(feature = "testing")]
 pub use storage::MemoryStore;
 pub use storage::{
-    Changes, ENTRY_OVERHEAD_BYTES, Quota, ScheduledTimer, StateStore, Timer, entry_bytes,
+    Changes, Conflict, ENTRY_OVERHEAD_BYTES, Entry, ListRead, Quota, ScheduledTimer, StateStore,
+    Timer, Transaction, entry_bytes,
 };
 pub use types::{
     Action, Deactivation, FailurePolicy, HistoryVisibility, Hook, HttpRequest, HttpResponse,

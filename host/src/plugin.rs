@@ -15,7 +15,7 @@ use crate::{
     homeserver::Homeserver,
     slots::Slots,
     spec::{InstanceMode, PluginSpec, Settings, Source},
-    storage::{Changes, StateStore},
+    storage::{Conflict, StateStore, Transaction},
     text,
     types::{Hook, PluginInfo},
 };
@@ -32,6 +32,11 @@ pub(crate) const ALLOWED_IMPORTS: [&str; 5] = [
 /// Warm instances kept per plugin in [`InstanceMode::Reuse`] (never more than its
 /// concurrency limit, since only calls holding a slot create instances).
 const MAX_IDLE_INSTANCES: usize = 16;
+/// Conflicting attempts after which a call runs holding its instance's commit lock.
+const OPTIMISTIC_ATTEMPTS: u32 = 3;
+/// Attempts after which a call that keeps conflicting fails (only calls of other processes
+/// sharing the store can still conflict once the lock is held).
+const MAX_ATTEMPTS: u32 = 10;
 /// Longest version string a plugin may report.
 const MAX_VERSION_BYTES: usize = 64;
 /// Most hook entries `describe` may list (there are ten hooks).
@@ -290,13 +295,51 @@ impl Plugin {
         classify(err, store, &self.settings)
     }
 
-    /// Run one hook: instance, deadline, call, output-size check. Returns the output and the
-    /// call's buffered writes, which the caller commits after validating the output.
-    pub(crate) fn call<R: OutputSize>(
+    /// Run one hook as a transaction: call it, let `finish` check and convert its output
+    /// (and add writes of the host's own), then commit. On a [`Conflict`] (another call
+    /// wrote a key this one read) the call runs again on fresh state; after
+    /// [`OPTIMISTIC_ATTEMPTS`] conflicts it runs holding the instance's commit lock, so no
+    /// call of this process can conflict with it; after [`MAX_ATTEMPTS`] it fails with
+    /// [`FailureCause::Conflict`] and the hook's failure policy applies.
+    pub(crate) fn run<R: OutputSize, T>(
         &self,
         rt: &Runtime,
-        f: impl FnOnce(&Policy, &mut Store<CallCtx>) -> wasmtime::Result<R>,
-    ) -> Result<(R, Changes), FailureCause> {
+        f: impl Fn(&Policy, &mut Store<CallCtx>) -> wasmtime::Result<R>,
+        mut finish: impl FnMut(R, &mut Transaction) -> Result<T, FailureCause>,
+    ) -> Result<T, FailureCause> {
+        let mut conflicts = 0;
+        loop {
+            let exclusive = (conflicts >= OPTIMISTIC_ATTEMPTS).then(|| self.slots.commit_lock());
+            let (out, mut txn) = self.call(rt, &f)?;
+            let value = finish(out, &mut txn)?;
+            let commit = match &exclusive {
+                Some(_) => self.commit(&txn),
+                None => {
+                    let _lock = self.slots.commit_lock();
+                    self.commit(&txn)
+                }
+            };
+            match commit {
+                Err(FailureCause::Conflict(key)) => {
+                    conflicts += 1;
+                    if conflicts >= MAX_ATTEMPTS {
+                        return Err(FailureCause::Conflict(format!(
+                            "{key} ({conflicts} attempts)"
+                        )));
+                    }
+                }
+                other => return other.map(|()| value),
+            }
+        }
+    }
+
+    /// Run one hook: instance, deadline, call, output-size check. Returns the output and the
+    /// call's transaction, which the caller commits after validating the output.
+    fn call<R: OutputSize>(
+        &self,
+        rt: &Runtime,
+        f: &impl Fn(&Policy, &mut Store<CallCtx>) -> wasmtime::Result<R>,
+    ) -> Result<(R, Transaction), FailureCause> {
         // Queue for a slot at most as long as the call itself may take.
         let _permit =
             self.slots
@@ -313,7 +356,7 @@ impl Plugin {
         match result {
             Err(e) => Err(self.classify(&e, &warm.store)),
             Ok(out) => {
-                let changes = std::mem::take(&mut warm.store.data_mut().changes);
+                let txn = std::mem::take(&mut warm.store.data_mut().txn);
                 if self.settings.instance_mode == InstanceMode::Reuse {
                     let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
                     if idle.len() < MAX_IDLE_INSTANCES {
@@ -327,21 +370,28 @@ impl Plugin {
                         limit_bytes: self.settings.max_output_bytes as u64,
                     });
                 }
-                Ok((out, changes))
+                Ok((out, txn))
             }
         }
     }
 
-    /// Commit a successful call's writes, within the plugin's quota.
-    pub(crate) fn commit(&self, changes: &Changes) -> Result<(), FailureCause> {
-        if changes.is_empty() {
+    /// Commit a successful call's transaction, within the plugin's quota.
+    fn commit(&self, txn: &Transaction) -> Result<(), FailureCause> {
+        if txn.changes.is_empty() {
+            // Nothing written: a read-only call needs no validation (it is serializable at
+            // the moment of its reads).
             return Ok(());
         }
         self.state
-            .commit(&self.name, changes, &self.settings.quota)
-            .map_err(|e| match e.quota_exceeded() {
-                Some(q) => FailureCause::QuotaExceeded(q.to_string()),
-                None => FailureCause::Store(e.to_string()),
+            .commit(&self.name, txn, &self.settings.quota)
+            .map_err(|e| {
+                if let Some(q) = e.quota_exceeded() {
+                    FailureCause::QuotaExceeded(q.to_string())
+                } else if let Some(c) = e.0.downcast_ref::<Conflict>() {
+                    FailureCause::Conflict(c.key.clone())
+                } else {
+                    FailureCause::Store(e.to_string())
+                }
             })
     }
 }

@@ -1,4 +1,5 @@
-//! Per-plugin concurrency: a counting semaphore with a bounded wait.
+//! Per-plugin concurrency: a counting semaphore with a bounded wait, and the instance's
+//! commit lock.
 //!
 //! Each plugin instance name owns one [`Slots`], shared by every build of it that a hot swap
 //! puts in the chain, so calls in flight on the old build count against the same limit as
@@ -16,6 +17,9 @@ use std::{
 pub(crate) struct Slots {
     state: Mutex<State>,
     freed: Condvar,
+    /// Held by every commit of the instance, briefly, and for a whole call by a call that
+    /// conflicted too often: such a call then cannot conflict with this process's calls.
+    commit: Mutex<()>,
 }
 
 struct State {
@@ -31,7 +35,13 @@ impl Slots {
         Self {
             state: Mutex::new(State { limit, in_use: 0 }),
             freed: Condvar::new(),
+            commit: Mutex::new(()),
         }
+    }
+
+    /// The instance's commit lock.
+    pub(crate) fn commit_lock(&self) -> MutexGuard<'_, ()> {
+        self.commit.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {

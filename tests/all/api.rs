@@ -7,8 +7,8 @@ use std::sync::{
 };
 
 use mxpolicy_host::{
-    Changes, Error, FailureCause, FailurePolicy, Host, ManualClock, MemoryHomeserver,
-    MemoryStore, Quota, StateStore, StoreError, Timer, Verdict,
+    Entry, Error, FailureCause, FailurePolicy, Host, ManualClock, MemoryHomeserver, MemoryStore,
+    Quota, StateStore, StoreError, Timer, Transaction, Verdict,
 };
 use serde_json::json;
 
@@ -31,7 +31,7 @@ fn down() -> StoreError {
 }
 
 impl StateStore for FlakyStore {
-    fn get(&self, plugin: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+    fn get(&self, plugin: &str, key: &str) -> Result<Option<Entry>, StoreError> {
         if self.fail_reads.load(Ordering::SeqCst) {
             return Err(down());
         }
@@ -54,11 +54,11 @@ impl StateStore for FlakyStore {
     ) -> Result<Vec<Timer>, StoreError> {
         self.inner.due_timers(now_ms, plugins, limit)
     }
-    fn commit(&self, plugin: &str, changes: &Changes, quota: &Quota) -> Result<(), StoreError> {
+    fn commit(&self, plugin: &str, txn: &Transaction, quota: &Quota) -> Result<(), StoreError> {
         if self.fail_commits.load(Ordering::SeqCst) {
             return Err(down());
         }
-        self.inner.commit(plugin, changes, quota)
+        self.inner.commit(plugin, txn, quota)
     }
 }
 
@@ -86,7 +86,11 @@ fn a_failing_store_read_is_a_store_failure_and_fails_closed() {
     assert_eq!(d.failures[0].applied, FailurePolicy::Closed);
     assert!(matches!(d.outcome, Verdict::Deny(_)));
     store.fail_reads.store(false, Ordering::SeqCst);
-    assert!(host.on_send(&message("@a:hs.example", "hi")).failures.is_empty());
+    assert!(
+        host.on_send(&message("@a:hs.example", "hi"))
+            .failures
+            .is_empty()
+    );
 }
 
 #[test]
@@ -100,7 +104,10 @@ fn a_failing_commit_is_a_store_failure_and_nothing_is_kept() {
     );
     assert!(matches!(d.outcome, Verdict::Deny(_)));
     store.fail_commits.store(false, Ordering::SeqCst);
-    assert_eq!(host.read_state("scripted-a", "calls/on-send").unwrap(), None);
+    assert_eq!(
+        host.read_state("scripted-a", "calls/on-send").unwrap(),
+        None
+    );
 }
 
 #[test]
@@ -110,7 +117,12 @@ fn unload_removes_the_plugin_and_keeps_its_state() {
         .load(spec("scripted-a").config(json!({"deny": "M_FORBIDDEN"})))
         .unwrap();
     t.host.load(spec("scripted-b")).unwrap();
-    assert!(!t.host.on_send(&message("@a:hs.example", "hi")).outcome.is_allow());
+    assert!(
+        !t.host
+            .on_send(&message("@a:hs.example", "hi"))
+            .outcome
+            .is_allow()
+    );
     let generation = t.host.generation();
 
     t.host.unload("scripted-a").unwrap();

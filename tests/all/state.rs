@@ -15,7 +15,7 @@ fn counter(t: &crate::support::TestHost, plugin: &str, hook: &str) -> Option<u64
     t.store
         .get(plugin, &format!("calls/{hook}"))
         .unwrap()
-        .map(|bytes| postcard_u64(&bytes))
+        .map(|e| postcard_u64(&e.value))
 }
 
 /// postcard encodes a u64 as a varint.
@@ -178,4 +178,36 @@ fn several_timers_fire_in_due_order() {
         fired,
         vec![("t/2".into(), 10), ("t/1".into(), 20), ("t/0".into(), 30)]
     );
+}
+
+#[test]
+fn concurrent_read_modify_writes_lose_no_update() {
+    // Every send increments the call counter and appends to one list: both are
+    // read-modify-writes of one key. Eight threads send at once; every call must count.
+    let t = std::sync::Arc::new(test_host());
+    t.host
+        .load(spec("scripted-a").config(json!({"append": true})))
+        .unwrap();
+    let (threads, calls) = (8, 25);
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(threads));
+    let workers: Vec<_> = (0..threads)
+        .map(|_| {
+            let (t, barrier) = (t.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                barrier.wait();
+                for _ in 0..calls {
+                    let d = t.host.on_send(&message("@a:hs.example", "hi"));
+                    assert!(d.failures.is_empty(), "{:?}", d.failures);
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().unwrap();
+    }
+    let total = (threads * calls) as u64;
+    assert_eq!(counter(&t, "scripted-a", "on-send"), Some(total));
+    let list = t.host.admin("scripted-a", "list", &json!(null)).unwrap();
+    let expected: Vec<u64> = (0..total).collect();
+    assert_eq!(list, json!(expected));
 }

@@ -72,6 +72,10 @@ pub struct Config {
     /// On each send, schedule this many new timers `many/<n>`, due at `now`.
     #[serde(default)]
     pub schedule_timers: u64,
+    /// On each send, append to the list under `list` (a read-modify-write, like the call
+    /// counter), to test that concurrent calls lose no update.
+    #[serde(default)]
+    pub append: bool,
 }
 
 /// The fixture policy.
@@ -288,6 +292,11 @@ impl Policy for Scripted {
             let members = homeserver::members_of_room(&room.as_str().into());
             state::set("last-members", &members.len());
         }
+        if self.config.append {
+            let mut list: Vec<u64> = state::get("list").unwrap_or_default();
+            list.push(list.len() as u64);
+            state::set("list", &list);
+        }
         for _ in 0..self.config.write_keys {
             let n = next("next-key");
             state::set_raw(&format!("k/{n:08}"), &[1]);
@@ -385,6 +394,7 @@ impl Policy for Scripted {
             }
             "echo" => Ok(req.args.clone()),
             "count-keys" => Ok(json!(state::keys("k/").len())),
+            "list" => Ok(json!(state::get::<Vec<u64>>("list").unwrap_or_default())),
             "read" => Ok(json!(
                 state::get_raw(req.args.as_str().unwrap_or_default())
                     .map(|v| String::from_utf8_lossy(&v).into_owned())

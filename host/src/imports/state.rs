@@ -8,28 +8,36 @@ use std::collections::BTreeSet;
 use crate::{
     bindings::mxpolicy::policy::state::Host,
     context::{CallCtx, MAX_KEYS_ANSWER},
+    storage::ListRead,
 };
 
 impl Host for CallCtx {
     fn get(&mut self, key: String) -> wasmtime::Result<Option<Vec<u8>>> {
-        if let Some(value) = self.changes.kv.get(&key) {
+        // The call's own writes first; they depend on nothing in the store.
+        if let Some(value) = self.txn.changes.kv.get(&key) {
             return Ok(value.clone());
         }
         let result = self.store.get(&self.plugin, &key);
-        result.map_err(|e| self.store_error(e))
+        let entry = result.map_err(|e| self.store_error(e))?;
+        // Recorded for validation at commit (the first version seen counts).
+        self.txn
+            .reads
+            .entry(key)
+            .or_insert(entry.as_ref().map_or(0, |e| e.version));
+        Ok(entry.map(|e| e.value))
     }
 
     fn set(&mut self, key: String, value: Vec<u8>) -> wasmtime::Result<()> {
         self.check_key("state key", &key)?;
         self.charge(key.len(), value.len())?;
-        self.changes.kv.insert(key, Some(value));
+        self.txn.changes.kv.insert(key, Some(value));
         Ok(())
     }
 
     fn delete(&mut self, key: String) -> wasmtime::Result<()> {
         self.check_key("state key", &key)?;
         self.charge(key.len(), 0)?;
-        self.changes.kv.insert(key, None);
+        self.txn.changes.kv.insert(key, None);
         Ok(())
     }
 
@@ -37,13 +45,18 @@ impl Host for CallCtx {
         // Ask for one more than the cap (plus the keys this call deleted, which the merge
         // removes), so an answer over the cap is detected rather than silently cut: a policy
         // that saw a truncated list would decide on partial data.
-        let deleted = self.changes.kv.values().filter(|v| v.is_none()).count();
+        let deleted = self.txn.changes.kv.values().filter(|v| v.is_none()).count();
         let stored = self
             .store
             .list(&self.plugin, &prefix, MAX_KEYS_ANSWER + 1 + deleted);
         let stored = stored.map_err(|e| self.store_error(e))?;
-        let mut keys: BTreeSet<String> = stored.into_iter().collect();
-        for (key, value) in self.changes.kv.range(prefix.clone()..) {
+        let mut keys: BTreeSet<String> = stored.iter().cloned().collect();
+        self.txn.lists.push(ListRead {
+            prefix: prefix.clone(),
+            limit: MAX_KEYS_ANSWER + 1 + deleted,
+            keys: stored,
+        });
+        for (key, value) in self.txn.changes.kv.range(prefix.clone()..) {
             if !key.starts_with(&prefix) {
                 break;
             }

@@ -18,7 +18,7 @@ impl Host for CallCtx {
             )));
         }
         self.charge(id.len(), payload.len())?;
-        self.changes.timers.insert(
+        self.txn.changes.timers.insert(
             id,
             Some(ScheduledTimer {
                 due_ms: at_ms,
@@ -32,14 +32,14 @@ impl Host for CallCtx {
     fn cancel(&mut self, id: String) -> wasmtime::Result<bool> {
         self.check_key("timer id", &id)?;
         self.charge(id.len(), 0)?;
-        let was_scheduled = match self.changes.timers.get(&id) {
+        let was_scheduled = match self.txn.changes.timers.get(&id) {
             Some(pending) => pending.is_some(),
             None => {
                 let found = self.store.timer(&self.plugin, &id);
                 found.map_err(|e| self.store_error(e))?.is_some()
             }
         };
-        self.changes.timers.insert(id, None);
+        self.txn.changes.timers.insert(id, None);
         Ok(was_scheduled)
     }
 }

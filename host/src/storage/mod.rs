@@ -1,0 +1,194 @@
+//! Where plugin state and timers live: the [`StateStore`] trait, and `MemoryStore`, the
+//! in-memory implementation for tests and the replay tool (feature `testing`).
+//!
+//! Every plugin's keys and timers are namespaced by its instance name (the operator's name for
+//! the load, never the name the component reports), so state carries over when a plugin is
+//! replaced by a new build under the same instance name.
+//!
+//! # Transactions
+//! A hook call is one transaction. Its writes are buffered by the host; its reads record the
+//! version of every key it read from the store (and every `keys` listing it made). When the
+//! call succeeds the host hands the whole [`Transaction`] to [`StateStore::commit`], which
+//! applies the writes only if every key read still has the version the call saw and every
+//! listing would still give the same keys; otherwise it refuses with [`Conflict`] and the host
+//! runs the call again on fresh state. Calls are therefore serializable with respect to the
+//! keys they touched (optimistic concurrency control): two concurrent read-modify-writes of a
+//! counter both count. A call that fails commits nothing.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::StoreError;
+
+mod memory;
+
+#[cfg_attr(not(feature = "testing"), allow(unreachable_pub))]
+pub use memory::MemoryStore;
+
+/// A durable timer, as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Timer {
+    /// The plugin instance that scheduled it.
+    pub plugin: String,
+    /// The plugin's id for it.
+    pub id: String,
+    /// When it is due.
+    pub due_ms: u64,
+    /// The plugin's payload.
+    pub payload: Vec<u8>,
+    /// How many times its `on-timer` call has failed so far (the host backs off and finally
+    /// gives up; see [`Host::run_timers`](crate::Host::run_timers)).
+    pub attempts: u32,
+}
+
+/// A timer as written by one call: scheduled by the plugin (`attempts` 0) or rescheduled by
+/// the host after a failed attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScheduledTimer {
+    /// When it is due.
+    pub due_ms: u64,
+    /// The plugin's payload.
+    pub payload: Vec<u8>,
+    /// Failed attempts so far.
+    pub attempts: u32,
+}
+
+impl ScheduledTimer {
+    /// This timer as stored for `plugin` under `id`.
+    pub fn stored(&self, plugin: &str, id: &str) -> Timer {
+        Timer {
+            plugin: plugin.to_owned(),
+            id: id.to_owned(),
+            due_ms: self.due_ms,
+            payload: self.payload.clone(),
+            attempts: self.attempts,
+        }
+    }
+}
+
+/// A stored value and its version: a number the store changes on every write of the key
+/// (unique across the store, so a key deleted and written again never repeats a version).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// The value.
+    pub value: Vec<u8>,
+    /// Its version; never 0 (0 stands for "absent" in [`Transaction::reads`]).
+    pub version: u64,
+}
+
+/// One `keys` listing a call read from the store, validated at commit like a key read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListRead {
+    /// The prefix listed.
+    pub prefix: String,
+    /// The limit asked for.
+    pub limit: usize,
+    /// The keys the store answered.
+    pub keys: Vec<String>,
+}
+
+/// One hook call's transaction: what it read (to validate) and what it writes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Transaction {
+    /// Each key read from the store, with the version seen (0: the key was absent).
+    pub reads: BTreeMap<String, u64>,
+    /// Each `keys` listing read from the store.
+    pub lists: Vec<ListRead>,
+    /// The writes.
+    pub changes: Changes,
+}
+
+impl Transaction {
+    /// A transaction that only writes, validating nothing (the host's own bookkeeping).
+    pub fn writes(changes: Changes) -> Self {
+        Self {
+            changes,
+            ..Self::default()
+        }
+    }
+}
+
+/// The error a [`StateStore`] returns (inside a [`StoreError`]) when a transaction's reads are
+/// stale: another transaction wrote a key it read since it read it. The host re-runs the call.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("conflict on key {key:?}: it changed after the call read it")]
+pub struct Conflict {
+    /// The first stale key (or listing prefix).
+    pub key: String,
+}
+
+/// The writes of one hook call, for one plugin.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Changes {
+    /// Key → new value, or `None` to delete.
+    pub kv: BTreeMap<String, Option<Vec<u8>>>,
+    /// Timer id → the timer, or `None` to cancel.
+    pub timers: BTreeMap<String, Option<ScheduledTimer>>,
+}
+
+impl Changes {
+    /// Whether there is nothing to write.
+    pub fn is_empty(&self) -> bool {
+        self.kv.is_empty() && self.timers.is_empty()
+    }
+}
+
+/// What one stored entry costs against a plugin's byte quota beyond its key and value: the
+/// bookkeeping every store pays per row (index entries, map nodes). Charging it means a
+/// million one-byte keys cost what they really cost, not a million bytes.
+pub const ENTRY_OVERHEAD_BYTES: u64 = 64;
+
+/// The bytes one key-value entry is charged.
+pub fn entry_bytes(key: &str, value: &[u8]) -> u64 {
+    key.len() as u64 + value.len() as u64 + ENTRY_OVERHEAD_BYTES
+}
+
+/// A plugin's persistent state quota, enforced by [`StateStore::commit`]. A commit that
+/// would take a plugin past a quota is refused with [`QuotaExceeded`] and nothing of it is
+/// applied; a commit that lowers usage is always allowed, so a plugin over a lowered quota
+/// can still delete.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quota {
+    /// Most keys the plugin may hold.
+    pub max_keys: u64,
+    /// Most bytes its keys and values may take, [`ENTRY_OVERHEAD_BYTES`] per entry included.
+    pub max_bytes: u64,
+    /// Most timers it may have scheduled.
+    pub max_timers: u64,
+}
+
+impl Quota {
+    /// No limits: for writes the host makes itself (rescheduling a failed timer).
+    pub const UNLIMITED: Quota = Quota {
+        max_keys: u64::MAX,
+        max_bytes: u64::MAX,
+        max_timers: u64::MAX,
+    };
+}
+
+/// Storage of plugin state and timers, implemented by the homeserver (a durable store) or by
+/// [`MemoryStore`]. Implementations must be safe to call from many threads; `commit` must apply
+/// a batch atomically and enforce the [`Quota`] it is given.
+pub trait StateStore: Send + Sync {
+    /// The value of `key` for `plugin`, with its version.
+    fn get(&self, plugin: &str, key: &str) -> Result<Option<Entry>, StoreError>;
+    /// The first `limit` keys of `plugin` starting with `prefix`, ascending.
+    fn list(&self, plugin: &str, prefix: &str, limit: usize) -> Result<Vec<String>, StoreError>;
+    /// The timer `id` of `plugin`, if scheduled.
+    fn timer(&self, plugin: &str, id: &str) -> Result<Option<Timer>, StoreError>;
+    /// At most `limit` timers of the given plugins due at `now_ms` (due time at or before
+    /// it), ordered by due time, then plugin, then id. Timers of other plugins are skipped
+    /// without counting against `limit`.
+    fn due_timers(
+        &self,
+        now_ms: u64,
+        plugins: &[&str],
+        limit: usize,
+    ) -> Result<Vec<Timer>, StoreError>;
+    /// Apply one call's transaction atomically: nothing of it if a key it read has another
+    /// version now or a listing would answer differently (a [`StoreError`] wrapping
+    /// [`Conflict`]), or if its writes would take `plugin` past `quota` (wrapping
+    /// [`QuotaExceeded`](crate::QuotaExceeded)).
+    fn commit(&self, plugin: &str, txn: &Transaction, quota: &Quota) -> Result<(), StoreError>;
+}
