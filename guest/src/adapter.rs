@@ -54,49 +54,6 @@ fn missing_field(message: &str) -> Option<&str> {
         .and_then(|rest| rest.split('`').next())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[derive(Debug, serde::Deserialize)]
-    #[allow(dead_code)]
-    struct Inner {
-        limit: u32,
-    }
-
-    #[derive(Debug, serde::Deserialize)]
-    #[allow(dead_code)]
-    struct Config {
-        words: Vec<String>,
-        inner: Inner,
-    }
-
-    struct P;
-
-    impl Policy for P {
-        const NAME: &'static str = "p";
-        const VERSION: &'static str = "1";
-        const HOOKS: &'static [crate::Hook] = &[];
-        type Config = Config;
-        fn new(_: Config) -> Result<Self, ConfigError> {
-            Ok(P)
-        }
-    }
-
-    fn key(json: &str) -> String {
-        parse_config::<P>(json).unwrap_err().key
-    }
-
-    #[test]
-    fn config_errors_name_the_key() {
-        assert_eq!(key(r#"{"words": 5, "inner": {"limit": 1}}"#), "words");
-        assert_eq!(key(r#"{"words": ["a", 5], "inner": {"limit": 1}}"#), "words[1]");
-        assert_eq!(key(r#"{"words": [], "inner": {"limit": "x"}}"#), "inner.limit");
-        assert_eq!(key(r#"{"inner": {"limit": 1}}"#), "words");
-        assert_eq!(key(r#"{"words": [], "inner": {}}"#), "inner.limit");
-    }
-}
-
 impl<P: Policy> wit::Guest for Adapter<P> {
     fn describe() -> t::PluginInfo {
         t::PluginInfo {
@@ -158,5 +115,54 @@ impl<P: Policy> wit::Guest for Adapter<P> {
     fn on_admin(req: t::AdminRequest) -> Result<String, String> {
         let req = crate::types::AdminRequest::try_from(req)?;
         with_policy::<P, _>(|p| p.on_admin(&req).map(|v| v.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, serde::Deserialize)]
+    #[allow(dead_code)]
+    struct Inner {
+        limit: u32,
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    #[allow(dead_code)]
+    struct Config {
+        words: Vec<String>,
+        inner: Inner,
+    }
+
+    struct P;
+
+    impl Policy for P {
+        const NAME: &'static str = "p";
+        const VERSION: &'static str = "1";
+        const HOOKS: &'static [crate::Hook] = &[];
+        type Config = Config;
+        fn new(_: Config) -> Result<Self, ConfigError> {
+            Ok(P)
+        }
+    }
+
+    fn key(json: &str) -> String {
+        parse_config::<P>(json).unwrap_err().key
+    }
+
+    #[test]
+    fn config_errors_name_the_key() {
+        assert_eq!(key(r#"{"words": 5, "inner": {"limit": 1}}"#), "words");
+        assert_eq!(
+            key(r#"{"words": ["a", 5], "inner": {"limit": 1}}"#),
+            "words[1]"
+        );
+        assert_eq!(
+            key(r#"{"words": [], "inner": {"limit": "x"}}"#),
+            "inner.limit"
+        );
+        assert_eq!(key(r#"{"inner": {"limit": 1}}"#), "words");
+        assert_eq!(key(r#"{"words": [], "inner": {}}"#), "inner.limit");
     }
 }

@@ -1,7 +1,7 @@
 //! The consent policy (policies/consent), built to wasm, through the real host: blocking
 //! unconsented sends, the consent page, exemptions, server notices, version bumps, hot swaps
 //! and the admin API. Expected links are computed here independently (HMAC-SHA256 with the
-//! `hmac` crate), not taken from the plugin.
+//! `hmac` crate, percent-encodings written out by hand), not taken from the plugin.
 
 use hmac::{Hmac, Mac};
 use mxpolicy_host::{
@@ -15,6 +15,7 @@ use sha2::Sha256;
 use crate::support::{T0, TEST_DEADLINE, TestHost, plugin_path, spec, test_host};
 
 const ALICE: &str = "@alice:hs.example";
+const EVIL: &str = "@<script>alert(1)</script>:hs.example";
 const SECRET: &str = "test form secret";
 const BLOCK: &str = "You must accept the privacy policy first: %(consent_uri)s";
 
@@ -51,17 +52,21 @@ fn hmac_hex(message: &str) -> String {
     hex::encode(mac.finalize().into_bytes())
 }
 
-/// Percent-encode like a form (everything but unreserved characters).
-fn enc(s: &str) -> String {
-    s.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
+/// The percent-encodings (RFC 3986: all but `A-Z a-z 0-9 - _ . ~` is `%XX`) of the user ids
+/// and versions these tests use, written out by hand rather than computed, so the plugin's
+/// links are checked against known strings and not against a copy of its own encoder.
+fn enc(s: &str) -> &'static str {
+    match s {
+        ALICE => "%40alice%3Ahs.example",
+        "@bob:hs.example" => "%40bob%3Ahs.example",
+        "@ghost:hs.example" => "%40ghost%3Ahs.example",
+        "@guest:hs.example" => "%40guest%3Ahs.example",
+        EVIL => "%40%3Cscript%3Ealert%281%29%3C%2Fscript%3E%3Ahs.example",
+        "1.0" => "1.0",
+        "2.0" => "2.0",
+        "7" => "7",
+        other => panic!("no known encoding of `{other}`: add it to `enc`, written out by hand"),
+    }
 }
 
 fn query_for(user: &str, version: &str) -> String {
@@ -226,6 +231,33 @@ fn unconsented_send_is_denied_with_exact_errcode_message_and_uri() {
         })
     );
     assert_eq!(d.actions, vec![notice_for(ALICE, "1.0")]);
+}
+
+#[test]
+fn consent_link_encodes_user_and_version_as_rfc_3986() {
+    let version = "2026 rev~1*";
+    let t = host_with(version);
+    let user = "@x.y_z-1=2/3+4:hs.example";
+    let body = deny_body(&t, &message(user));
+    let uri = format!(
+        "https://matrix.hs.example/_mxpolicy/consent/?u=%40x.y_z-1%3D2%2F3%2B4%3Ahs.example&h={}\
+         &v=2026%20rev~1%2A",
+        hmac_hex(user)
+    );
+    assert_eq!(body["consent_uri"], uri.as_str());
+    // The plugin decodes its own link back to the user and version.
+    let (_, query) = uri.split_once('?').expect("query");
+    let page = http(&t, "GET", query, "");
+    assert_eq!(page.status, 200, "{}", text(&page));
+    let html = text(&page);
+    assert!(
+        html.contains(&format!("name=\"u\" value=\"{user}\"")),
+        "{html}"
+    );
+    assert!(
+        html.contains(&format!("name=\"v\" value=\"{version}\"")),
+        "{html}"
+    );
 }
 
 #[test]
@@ -692,11 +724,10 @@ fn bad_config_is_refused_naming_the_key() {
 #[test]
 fn pages_escape_user_ids() {
     let t = host_with("1.0");
-    let evil = "@<script>alert(1)</script>:hs.example";
-    let page = text(&http(&t, "GET", &query_for(evil, "1.0"), ""));
+    let page = text(&http(&t, "GET", &query_for(EVIL, "1.0"), ""));
     assert!(!page.contains("<script>"), "{page}");
     assert!(page.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
-    let done = http(&t, "POST", "", &query_for(evil, "1.0"));
+    let done = http(&t, "POST", "", &query_for(EVIL, "1.0"));
     assert_eq!(done.status, 200);
     assert!(!text(&done).contains("<script>"));
     assert!(text(&done).contains("&lt;script&gt;"));

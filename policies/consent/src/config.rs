@@ -4,6 +4,7 @@
 use mxpolicy_guest::{ConfigError, UserKind};
 use serde::Deserialize;
 use serde_json::{Map, Value};
+use url::Url;
 
 use crate::template::Template;
 
@@ -78,8 +79,8 @@ pub(crate) struct Settings {
     pub(crate) policy_name: String,
     /// The policy as HTML (escaped already when it came from `policy_text`).
     pub(crate) policy_html: String,
-    /// `<public_baseurl>/_mxpolicy/consent/`.
-    pub(crate) page_url: String,
+    /// `<public_baseurl>/_mxpolicy/consent/`, without a query.
+    pub(crate) page_url: Url,
     pub(crate) form_secret: Vec<u8>,
     pub(crate) block_events_error: Template,
     /// The notice's `body` and its other content keys.
@@ -128,8 +129,8 @@ impl Settings {
             (Some(html), None) => html,
             (None, Some(text)) => crate::pages::plain_text_to_html(&text),
         };
-        let base = check_base_url(&config.public_baseurl)
-            .map_err(|m| ConfigError::new("public_baseurl", m))?;
+        let page_url =
+            page_url(&config.public_baseurl).map_err(|m| ConfigError::new("public_baseurl", m))?;
         if config.form_secret.is_empty() {
             return Err(ConfigError::new("form_secret", "must not be empty"));
         }
@@ -168,7 +169,7 @@ impl Settings {
             version,
             policy_name: config.policy_name.trim().to_owned(),
             policy_html,
-            page_url: format!("{base}/_mxpolicy/consent/"),
+            page_url,
             form_secret: config.form_secret.into_bytes(),
             block_events_error,
             notice,
@@ -189,8 +190,15 @@ pub(crate) fn looks_like_user_id(s: &str) -> bool {
         && !s.chars().any(|c| c.is_whitespace() || c.is_control())
 }
 
-/// Check a public base URL and return it without its trailing `/`.
-fn check_base_url(url: &str) -> Result<String, String> {
+/// Check a public base URL and return the consent page's URL below it,
+/// `<public_baseurl>/_mxpolicy/consent/`.
+///
+/// The text is checked first (scheme, no query or fragment, no spaces, a host right after
+/// `//` and no user info), so that what is refused is spelled out, and so that inputs the URL
+/// standard would repair (`https:///host`, where it skips the extra `/`) are refused. Then the
+/// `url` crate parses it (host syntax, port range, internationalised names) and builds the
+/// page URL, in its normal form (host lowercased, default port dropped).
+fn page_url(url: &str) -> Result<Url, String> {
     let rest = url
         .strip_prefix("https://")
         .or_else(|| url.strip_prefix("http://"))
@@ -207,7 +215,16 @@ fn check_base_url(url: &str) -> Result<String, String> {
     if host.is_empty() || host.contains('@') {
         return Err(format!("`{url}` needs a host (and no user info)"));
     }
-    Ok(url.trim_end_matches('/').to_owned())
+    let mut page = Url::parse(url).map_err(|e| format!("`{url}` is not a valid URL: {e}"))?;
+    if page.host_str().is_none_or(str::is_empty)
+        || !page.username().is_empty()
+        || page.password().is_some()
+    {
+        return Err(format!("`{url}` needs a host (and no user info)"));
+    }
+    let path = format!("{}/_mxpolicy/consent/", page.path().trim_end_matches('/'));
+    page.set_path(&path);
+    Ok(page)
 }
 
 /// Check `server_notice_content`: a string `body` holding the consent-link placeholder, and
@@ -300,7 +317,7 @@ mod tests {
     fn defaults_follow_synapse() {
         let s = check(json!({})).expect("valid");
         assert_eq!(s.policy_name, "Privacy Policy");
-        assert_eq!(s.page_url, "https://hs.example/_mxpolicy/consent/");
+        assert_eq!(s.page_url.as_str(), "https://hs.example/_mxpolicy/consent/");
         assert_eq!(s.exempt_kinds, vec![UserKind::Bot, UserKind::Support]);
         assert!(s.notice.is_none());
         assert!(!s.notify_guests);
@@ -333,6 +350,14 @@ mod tests {
             "public_baseurl"
         );
         assert_eq!(
+            key_of(json!({"public_baseurl": "https://hs.example:99999/"})),
+            "public_baseurl"
+        );
+        assert_eq!(
+            key_of(json!({"public_baseurl": "https://hs<example/"})),
+            "public_baseurl"
+        );
+        assert_eq!(
             key_of(json!({"policy_text_html": null})),
             "policy_text_html"
         );
@@ -358,6 +383,35 @@ mod tests {
             key_of(json!({"server_notice_content": {
                 "body": "%(consent_uri)s", "formatted_body": "50%"}})),
             "server_notice_content.formatted_body"
+        );
+    }
+
+    #[test]
+    fn page_url_keeps_the_base_path() {
+        let page = |base: &str| {
+            check(json!({"public_baseurl": base}))
+                .expect("valid")
+                .page_url
+                .to_string()
+        };
+        for base in [
+            "https://hs.example",
+            "https://hs.example/",
+            "https://hs.example//",
+        ] {
+            assert_eq!(
+                page(base),
+                "https://hs.example/_mxpolicy/consent/",
+                "{base}"
+            );
+        }
+        assert_eq!(
+            page("http://hs.example:8008/matrix/"),
+            "http://hs.example:8008/matrix/_mxpolicy/consent/"
+        );
+        assert_eq!(
+            page("https://HS.example:443/a"),
+            "https://hs.example/a/_mxpolicy/consent/"
         );
     }
 

@@ -16,6 +16,17 @@
 //! - **on-admin**: `record-consent`, `consent-status`, `terms-params`, `set-user-kind`.
 //!
 //! See the README for the configuration.
+//!
+//! Crates doing the generic work: `url` parses and checks `public_baseurl` and builds the
+//! page's links; `maud` writes the pages, escaping every value by default; `time` formats the
+//! dates shown (only formatting: times come from the hook contexts' `now_ms`, never a clock);
+//! `mxpolicy_guest::http` encodes and decodes queries and forms (`percent-encoding` and
+//! `form_urlencoded`). Not used:
+//! - `pulldown-cmark`: the policy text is HTML (`policy_text_html`) or plain text
+//!   (`policy_text`), not Markdown, so no Markdown renderer is compiled into the plugin.
+//! - `url`'s own query serializer (`query_pairs_mut`, which is `form_urlencoded`'s): it writes a
+//!   space as `+` and leaves `*` bare, which would change links already sent to users; the
+//!   query is encoded by `mxpolicy_guest::http::query_string` (RFC 3986) and set on the `Url`.
 
 mod config;
 mod pages;
@@ -23,10 +34,11 @@ mod records;
 mod template;
 
 use hmac::{Hmac, Mac};
+use maud::{Markup, html};
 use mxpolicy_guest::{
     Action, AdminRequest, ConfigError, Hook, HttpRequest, HttpResponse, Outcome, Policy,
     SendContext, ServeContext, ServeOutcome, UserId, UserKind, Viewer, export_policy, homeserver,
-    http::{escape_html, percent_encode},
+    http::query_string,
 };
 use serde_json::{Value, json};
 use sha2::Sha256;
@@ -62,15 +74,18 @@ impl Consent {
             .unwrap_or_default()
     }
 
-    /// The link to the consent page for `user` and the current version.
+    /// The link to the consent page for `user` and the current version:
+    /// `<page>?u=<user>&h=<hex HMAC of user>&v=<version>`, values percent-encoded.
     pub fn consent_uri(&self, user: &str) -> String {
-        format!(
-            "{}?u={}&h={}&v={}",
-            self.s.page_url,
-            percent_encode(user),
-            self.sign(user),
-            percent_encode(&self.s.version)
-        )
+        let h = self.sign(user);
+        self.page_link(&[("u", user), ("h", &h), ("v", &self.s.version)])
+    }
+
+    /// The consent page with the query `pairs`.
+    fn page_link(&self, pairs: &[(&str, &str)]) -> String {
+        let mut url = self.s.page_url.clone();
+        url.set_query(Some(&query_string(pairs.iter().copied())));
+        url.into()
     }
 
     /// Check a link's `u` and `h` (in constant time) and return the user it is for. `u` is a
@@ -139,24 +154,44 @@ impl Consent {
 
     // ---- pages ----
 
-    fn policy_page(&self, status: u16, before: &str, after: &str) -> HttpResponse {
-        let main = format!(
-            "{before}{}\n{after}",
-            pages::policy_section(&self.s.policy_name, &self.s.version, &self.s.policy_html)
-        );
-        pages::page(status, &self.s.policy_name, &main)
+    /// The policy page: an optional status note, the policy, then an optional form.
+    fn policy_page(
+        &self,
+        status: u16,
+        note: Option<&Markup>,
+        form: Option<&Markup>,
+    ) -> HttpResponse {
+        let content = html! {
+            @if let Some(note) = note { (note) }
+            (pages::policy_section(&self.s.policy_name, &self.s.version, &self.s.policy_html))
+            @if let Some(form) = form { (form) }
+        };
+        pages::page(status, &self.s.policy_name, &content)
     }
 
-    fn form_page(&self, status: u16, u: &str, h: &str, user: &UserId, note: &str) -> HttpResponse {
-        let form = pages::accept_form(&self.s.page_url, u, h, &self.s.version, user.as_str());
-        self.policy_page(status, note, &form)
+    fn form_page(
+        &self,
+        status: u16,
+        u: &str,
+        h: &str,
+        user: &UserId,
+        note: Option<&Markup>,
+    ) -> HttpResponse {
+        let form = pages::accept_form(
+            self.s.page_url.as_str(),
+            u,
+            h,
+            &self.s.version,
+            user.as_str(),
+        );
+        self.policy_page(status, note, Some(&form))
     }
 
     fn get_page(&self, req: &HttpRequest) -> HttpResponse {
         let (u, h) = (req.query_param("u"), req.query_param("h"));
         if u.is_none() && h.is_none() {
             // The public policy: what `m.login.terms` links to before an account exists.
-            return self.policy_page(200, "", "");
+            return self.policy_page(200, None, None);
         }
         let Some(user) = self.verify(u.as_deref(), h.as_deref()) else {
             return pages::forbidden();
@@ -164,23 +199,20 @@ impl Consent {
         let (u, h) = (u.unwrap_or_default(), h.unwrap_or_default());
         let record = records::consent(user.as_str());
         if let Some(a) = record.latest().filter(|a| a.version == self.s.version) {
-            let note = pages::status(&format!(
-                "You ({}) accepted this version on {}. There is nothing more to do.",
-                escape_html(user.as_str()),
-                pages::format_utc(a.accepted_at_ms)
-            ));
-            return self.policy_page(200, &note, "");
+            let note = pages::status(&html! {
+                "You (" (user.as_str()) ") accepted this version on "
+                (pages::format_utc(a.accepted_at_ms)) ". There is nothing more to do."
+            });
+            return self.policy_page(200, Some(&note), None);
         }
         let stale = req.query_param("v").is_some_and(|v| v != self.s.version);
-        let note = if stale || record.latest().is_some() {
-            pages::status(
-                "The policy has changed since you last accepted it. Please review \
-                 the current version.",
-            )
-        } else {
-            String::new()
-        };
-        self.form_page(200, &u, &h, &user, &note)
+        let note = (stale || record.latest().is_some()).then(|| {
+            pages::status(&html! {
+                "The policy has changed since you last accepted it. Please review the current \
+                 version."
+            })
+        });
+        self.form_page(200, &u, &h, &user, note.as_ref())
     }
 
     fn post_page(&self, req: &HttpRequest) -> HttpResponse {
@@ -192,16 +224,15 @@ impl Consent {
         if field("v").as_deref() != Some(self.s.version.as_str()) {
             // The form showed another version than the one now in force: consent is only
             // to the text the user saw, so show the current one again.
-            let note = pages::status(
-                "The policy changed while you were reading it. Please review the current \
-                 version.",
-            );
+            let note = pages::status(&html! {
+                "The policy changed while you were reading it. Please review the current version."
+            });
             return self.form_page(
                 409,
                 &u.unwrap_or_default(),
                 &h.unwrap_or_default(),
                 &user,
-                &note,
+                Some(&note),
             );
         }
         let a = records::record_consent(
@@ -210,18 +241,15 @@ impl Consent {
             req.now_ms,
             Source::ConsentPage,
         );
-        let main = format!(
-            "<h1>Thank you</h1>\n{}\n<p>You can close this page and return to your Matrix \
-             client.</p>",
-            pages::status(&format!(
-                "You ({}) accepted the {} (version {}) on {}.",
-                escape_html(user.as_str()),
-                escape_html(&self.s.policy_name),
-                escape_html(&a.version),
-                pages::format_utc(a.accepted_at_ms)
-            ))
-        );
-        pages::page(200, &self.s.policy_name, &main)
+        let content = html! {
+            h1 { "Thank you" }
+            (pages::status(&html! {
+                "You (" (user.as_str()) ") accepted the " (self.s.policy_name) " (version "
+                (a.version) ") on " (pages::format_utc(a.accepted_at_ms)) "."
+            }))
+            p { "You can close this page and return to your Matrix client." }
+        };
+        pages::page(200, &self.s.policy_name, &content)
     }
 
     // ---- admin ----
@@ -296,7 +324,7 @@ impl Consent {
                     "version": self.s.version,
                     "en": {
                         "name": self.s.policy_name,
-                        "url": format!("{}?v={}", self.s.page_url, percent_encode(&self.s.version)),
+                        "url": self.page_link(&[("v", &self.s.version)]),
                     },
                 },
             },

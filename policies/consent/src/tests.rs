@@ -1,6 +1,10 @@
 //! Native unit tests of the policy logic, with the SDK's in-memory host.
 
-use mxpolicy_guest::{MatrixError, ServeEvent, Verdict, http::form_value, testing};
+use mxpolicy_guest::{
+    MatrixError, ServeEvent, Verdict,
+    http::{form_value, percent_encode},
+    testing,
+};
 use serde_json::json;
 
 use super::*;
@@ -134,6 +138,26 @@ fn unconsented_send_is_denied_with_link_and_notice() {
             body: format!("Please accept: {uri}"),
             content: Default::default(),
         }]
+    );
+}
+
+#[test]
+fn links_are_percent_encoded_as_rfc_3986() {
+    let p = policy(json!({"version": "2026 rev~1*"}));
+    let user = "@x.y_z-1=2/3+4:hs.example";
+    // Written out by hand: only `A-Z a-z 0-9 - _ . ~` stay as they are.
+    assert_eq!(
+        p.consent_uri(user),
+        format!(
+            "https://hs.example/_mxpolicy/consent/?u=%40x.y_z-1%3D2%2F3%2B4%3Ahs.example&h={}\
+             &v=2026%20rev~1%2A",
+            p.sign(user)
+        )
+    );
+    let terms = admin(&p, "terms-params", json!({})).expect("terms");
+    assert_eq!(
+        terms["policies"]["privacy_policy"]["en"]["url"],
+        "https://hs.example/_mxpolicy/consent/?v=2026%20rev~1%2A"
     );
 }
 
