@@ -108,8 +108,8 @@ pub use spec::{
 #[cfg(feature = "testing")]
 pub use storage::MemoryStore;
 pub use storage::{
-    Changes, Conflict, ENTRY_OVERHEAD_BYTES, Entry, ListRead, Quota, ScheduledTimer, StateStore,
-    Timer, Transaction, entry_bytes,
+    Changes, Conflict, ENTRY_OVERHEAD_BYTES, Entry, ListRead, Quota, ScheduledTimer, SqliteStore,
+    StateStore, Timer, Transaction, entry_bytes,
 };
 pub use types::{
     Action, Deactivation, FailurePolicy, HistoryVisibility, Hook, HttpRequest, HttpResponse,

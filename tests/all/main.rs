@@ -8,8 +8,8 @@
 mod raw;
 mod support;
 
-mod cli_limits;
 mod api;
+mod cli_limits;
 mod composition;
 mod consent;
 mod containment;
@@ -20,3 +20,4 @@ mod hot_swap;
 mod media;
 mod replay;
 mod state;
+mod stores;

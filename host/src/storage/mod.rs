@@ -22,9 +22,11 @@ use serde::{Deserialize, Serialize};
 use crate::error::StoreError;
 
 mod memory;
+mod sqlite;
 
 #[cfg_attr(not(feature = "testing"), allow(unreachable_pub))]
 pub use memory::MemoryStore;
+pub use sqlite::SqliteStore;
 
 /// A durable timer, as stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

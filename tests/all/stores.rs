@@ -1,0 +1,265 @@
+//! One conformance suite for every [`StateStore`]: the same test functions run against the
+//! in-memory store and SQLite (and PostgreSQL, when the durable-state issue's PostgreSQL store
+//! lands). Each checks one promise of the trait's documentation.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use mxpolicy_host::{
+    Changes, Conflict, ListRead, MemoryStore, Quota, ScheduledTimer, SqliteStore, StateStore,
+    Transaction,
+};
+
+/// A directory under the system's temp dir, removed when dropped.
+pub struct TempDir(pub std::path::PathBuf);
+
+impl TempDir {
+    pub fn new(what: &str) -> Self {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("mxpolicy-{what}-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        std::fs::remove_dir_all(&self.0).ok();
+    }
+}
+
+fn writes(kv: &[(&str, Option<&[u8]>)]) -> Transaction {
+    let mut c = Changes::default();
+    for (k, v) in kv {
+        c.kv.insert((*k).into(), v.map(<[u8]>::to_vec));
+    }
+    Transaction::writes(c)
+}
+
+fn timer(due_ms: u64) -> Option<ScheduledTimer> {
+    Some(ScheduledTimer {
+        due_ms,
+        payload: due_ms.to_be_bytes().to_vec(),
+        attempts: 0,
+    })
+}
+
+const ANY: Quota = Quota::UNLIMITED;
+
+fn is_conflict(r: Result<(), mxpolicy_host::StoreError>) -> bool {
+    r.is_err_and(|e| e.0.downcast_ref::<Conflict>().is_some())
+}
+
+fn reads_see_commits_and_keys_are_per_plugin(s: &dyn StateStore) {
+    s.commit("a", &writes(&[("k", Some(b"1")), ("k2", Some(b""))]), &ANY)
+        .unwrap();
+    assert_eq!(s.get("a", "k").unwrap().unwrap().value, b"1");
+    assert_eq!(s.get("a", "k2").unwrap().unwrap().value, b"");
+    assert_eq!(s.get("b", "k").unwrap(), None);
+    s.commit("a", &writes(&[("k", None)]), &ANY).unwrap();
+    assert_eq!(s.get("a", "k").unwrap(), None);
+}
+
+fn lists_are_ordered_prefixed_and_limited(s: &dyn StateStore) {
+    s.commit(
+        "a",
+        &writes(&[
+            ("u/2", Some(b"")),
+            ("u/1", Some(b"")),
+            ("u/10", Some(b"")),
+            ("v/1", Some(b"")),
+            ("u", Some(b"")),
+        ]),
+        &ANY,
+    )
+    .unwrap();
+    s.commit("b", &writes(&[("u/0", Some(b""))]), &ANY).unwrap();
+    assert_eq!(s.list("a", "u/", 10).unwrap(), ["u/1", "u/10", "u/2"]);
+    assert_eq!(s.list("a", "u/", 2).unwrap(), ["u/1", "u/10"]);
+    assert_eq!(s.list("a", "", 100).unwrap().len(), 5);
+    assert!(s.list("c", "", 10).unwrap().is_empty());
+}
+
+fn versions_change_on_every_write_and_never_repeat(s: &dyn StateStore) {
+    s.commit("a", &writes(&[("k", Some(b"1"))]), &ANY).unwrap();
+    let v1 = s.get("a", "k").unwrap().unwrap().version;
+    assert_ne!(v1, 0);
+    s.commit("a", &writes(&[("k", Some(b"1"))]), &ANY).unwrap();
+    let v2 = s.get("a", "k").unwrap().unwrap().version;
+    assert_ne!(v1, v2);
+    s.commit("a", &writes(&[("k", None)]), &ANY).unwrap();
+    s.commit("a", &writes(&[("k", Some(b"1"))]), &ANY).unwrap();
+    let v3 = s.get("a", "k").unwrap().unwrap().version;
+    assert!(v3 != v1 && v3 != v2);
+}
+
+fn stale_reads_conflict_and_apply_nothing(s: &dyn StateStore) {
+    s.commit("a", &writes(&[("n", Some(b"0"))]), &ANY).unwrap();
+    let seen = s.get("a", "n").unwrap().unwrap().version;
+    let mut txn = writes(&[("n", Some(b"1")), ("other", Some(b"x"))]);
+    txn.reads.insert("n".into(), seen);
+    s.commit("a", &writes(&[("n", Some(b"2"))]), &ANY).unwrap();
+    assert!(is_conflict(s.commit("a", &txn, &ANY)));
+    assert_eq!(s.get("a", "n").unwrap().unwrap().value, b"2");
+    assert_eq!(s.get("a", "other").unwrap(), None, "nothing of it applied");
+    // Fresh reads commit.
+    txn.reads
+        .insert("n".into(), s.get("a", "n").unwrap().unwrap().version);
+    s.commit("a", &txn, &ANY).unwrap();
+    assert_eq!(s.get("a", "n").unwrap().unwrap().value, b"1");
+}
+
+fn absent_reads_and_listings_are_validated(s: &dyn StateStore) {
+    let mut absent = writes(&[("flag", Some(b"1"))]);
+    absent.reads.insert("m".into(), 0);
+    s.commit("a", &writes(&[("m", Some(b""))]), &ANY).unwrap();
+    assert!(is_conflict(s.commit("a", &absent, &ANY)));
+
+    let mut listed = writes(&[("flag", Some(b"1"))]);
+    listed.lists.push(ListRead {
+        prefix: "m".into(),
+        limit: 10,
+        keys: vec!["m".into()],
+    });
+    s.commit("a", &listed, &ANY).unwrap();
+    s.commit("a", &writes(&[("m2", Some(b""))]), &ANY).unwrap();
+    assert!(is_conflict(s.commit("a", &listed, &ANY)));
+}
+
+fn quotas_refuse_growth_atomically_and_allow_deletes(s: &dyn StateStore) {
+    let quota = Quota {
+        max_keys: 2,
+        max_bytes: 10_000,
+        max_timers: 1,
+    };
+    s.commit("a", &writes(&[("a", Some(b"")), ("b", Some(b""))]), &quota)
+        .unwrap();
+    let err = s
+        .commit("a", &writes(&[("c", Some(b""))]), &quota)
+        .unwrap_err();
+    assert_eq!(err.quota_exceeded().unwrap().what, "keys");
+    assert_eq!(s.get("a", "c").unwrap(), None);
+    let big = vec![0u8; 20_000];
+    let err = s
+        .commit("a", &writes(&[("a", Some(&big))]), &quota)
+        .unwrap_err();
+    assert_eq!(err.quota_exceeded().unwrap().what, "bytes");
+    let mut two = Changes::default();
+    two.timers.insert("t1".into(), timer(1));
+    two.timers.insert("t2".into(), timer(1));
+    let err = s
+        .commit("a", &Transaction::writes(two), &quota)
+        .unwrap_err();
+    assert_eq!(err.quota_exceeded().unwrap().what, "timers");
+    let tight = Quota {
+        max_keys: 0,
+        ..quota
+    };
+    s.commit("a", &writes(&[("a", None)]), &tight).unwrap();
+    // The usage followed the delete: one key left, so one more fits the original quota.
+    s.commit("a", &writes(&[("c", Some(b""))]), &quota).unwrap();
+}
+
+fn timers_are_due_in_order_per_plugin_and_paged(s: &dyn StateStore) {
+    let mut c = Changes::default();
+    c.timers.insert("late".into(), timer(30));
+    c.timers.insert("early".into(), timer(10));
+    c.timers.insert("mid".into(), timer(20));
+    s.commit("a", &Transaction::writes(c), &ANY).unwrap();
+    let mut c = Changes::default();
+    c.timers.insert("b1".into(), timer(15));
+    s.commit("b", &Transaction::writes(c), &ANY).unwrap();
+
+    let ids = |now, plugins: &[&str], limit| -> Vec<String> {
+        s.due_timers(now, plugins, limit)
+            .unwrap()
+            .into_iter()
+            .map(|t| t.id)
+            .collect()
+    };
+    assert_eq!(ids(30, &["a", "b"], 10), ["early", "b1", "mid", "late"]);
+    assert_eq!(ids(30, &["a", "b"], 2), ["early", "b1"]);
+    assert_eq!(ids(30, &["a"], 10), ["early", "mid", "late"]);
+    assert_eq!(ids(19, &["a", "b"], 10), ["early", "b1"]);
+    assert!(ids(30, &["c"], 10).is_empty());
+    let t = s.timer("a", "mid").unwrap().unwrap();
+    assert_eq!(
+        (t.due_ms, t.payload, t.attempts),
+        (20, 20u64.to_be_bytes().to_vec(), 0)
+    );
+    // Rescheduling moves it; cancelling removes it.
+    let mut c = Changes::default();
+    c.timers.insert("mid".into(), timer(40));
+    c.timers.insert("early".into(), None);
+    s.commit("a", &Transaction::writes(c), &ANY).unwrap();
+    assert_eq!(ids(35, &["a"], 10), ["late"]);
+    assert_eq!(s.timer("a", "early").unwrap(), None);
+}
+
+macro_rules! conformance {
+    ($($test:ident),+ $(,)?) => {
+        mod memory {
+            $(
+                #[test]
+                fn $test() {
+                    super::$test(&super::MemoryStore::new());
+                }
+            )+
+        }
+
+        mod sqlite {
+            $(
+                #[test]
+                fn $test() {
+                    let dir = super::TempDir::new("sqlite");
+                    let store = super::SqliteStore::open(dir.0.join("state.db")).unwrap();
+                    super::$test(&store);
+                }
+            )+
+        }
+    };
+}
+
+conformance!(
+    reads_see_commits_and_keys_are_per_plugin,
+    lists_are_ordered_prefixed_and_limited,
+    versions_change_on_every_write_and_never_repeat,
+    stale_reads_conflict_and_apply_nothing,
+    absent_reads_and_listings_are_validated,
+    quotas_refuse_growth_atomically_and_allow_deletes,
+    timers_are_due_in_order_per_plugin_and_paged,
+);
+
+#[test]
+fn sqlite_keeps_commits_across_reopening() {
+    let dir = TempDir::new("sqlite-reopen");
+    let path = dir.0.join("state.db");
+    {
+        let s = SqliteStore::open(&path).unwrap();
+        s.commit("a", &writes(&[("k", Some(b"v"))]), &ANY).unwrap();
+    }
+    let s = SqliteStore::open(&path).unwrap();
+    assert_eq!(s.get("a", "k").unwrap().unwrap().value, b"v");
+    // The usage was kept too: the quota still counts the key.
+    let one = Quota { max_keys: 1, ..ANY };
+    assert!(
+        s.commit("a", &writes(&[("k2", Some(b""))]), &one)
+            .unwrap_err()
+            .quota_exceeded()
+            .is_some()
+    );
+}
+
+#[test]
+fn sqlite_refuses_a_schema_from_another_version() {
+    let dir = TempDir::new("sqlite-schema");
+    let path = dir.0.join("state.db");
+    drop(SqliteStore::open(&path).unwrap());
+    // A database written by a future build.
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute("UPDATE mxpolicy_schema SET version = 99", [])
+        .unwrap();
+    drop(conn);
+    let err = SqliteStore::open(&path).err().expect("refused").to_string();
+    assert!(err.contains("schema version 99"), "{err}");
+}
