@@ -54,6 +54,7 @@
 #![deny(missing_docs)]
 
 mod adapter;
+pub mod gdpr;
 mod host;
 pub mod http;
 mod ids;
@@ -76,7 +77,7 @@ pub mod wit {
 #[doc(hidden)]
 pub use adapter::Adapter;
 pub use host::{homeserver, log, state, timers};
-pub use ids::{EventId, MxcUri, RoomId, ServerName, UserId};
+pub use ids::{EventId, InvalidId, MxcUri, RoomId, ServerName, UserId};
 pub use serde_json;
 pub use types::{
     Action, AdminRequest, ConfigError, ContentError, DeactivateContext, HistoryVisibility, Hook,

@@ -2,19 +2,38 @@
 
 use mxpolicy_guest::{AdminRequest, state};
 use serde_json::{Value, json};
+use strum::{EnumString, VariantNames};
 
-use crate::records::{Completed, Pending, load};
+use crate::{
+    one_of,
+    records::{Completed, Pending, load},
+};
+
+/// The admin commands, named in kebab-case (`list-erasures`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, EnumString, VariantNames)]
+#[strum(serialize_all = "kebab-case")]
+enum Command {
+    /// Every pending and completed erasure.
+    ListErasures,
+    /// One user's erasure status and records.
+    ErasureStatus,
+    /// The rooms whose purge was requested, and when.
+    ListPurgedRooms,
+}
 
 /// Run one admin command.
 pub(crate) fn handle(req: &AdminRequest) -> Result<Value, String> {
-    match req.command.as_str() {
-        "list-erasures" => list_erasures(),
-        "erasure-status" => erasure_status(&req.args),
-        "list-purged-rooms" => Ok(list_purged_rooms()),
-        other => Err(format!(
-            "unknown command `{other}`: expected `list-erasures`, `erasure-status` or \
-             `list-purged-rooms`"
-        )),
+    let command = req.command.parse::<Command>().map_err(|_| {
+        format!(
+            "unknown command `{}`: expected {}",
+            req.command,
+            one_of(Command::VARIANTS)
+        )
+    })?;
+    match command {
+        Command::ListErasures => list_erasures(),
+        Command::ErasureStatus => erasure_status(&req.args),
+        Command::ListPurgedRooms => Ok(list_purged_rooms()),
     }
 }
 

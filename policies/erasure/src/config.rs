@@ -1,16 +1,16 @@
 //! The plugin's configuration and how the policy is built from it.
 
 use hmac::{Hmac, Mac};
-use mxpolicy_guest::ConfigError;
+use mxpolicy_guest::{
+    ConfigError,
+    gdpr::{DAY_MS, DEFAULT_GRACE_PERIOD_MS},
+};
 use serde::Deserialize;
 use sha2::Sha256;
+use strum::{EnumString, VariantNames};
 
-use crate::Erasure;
+use crate::{Erasure, one_of};
 
-/// One day in milliseconds.
-pub const DAY_MS: u64 = 86_400_000;
-/// The default grace period: 30 days, as in the Matrix GDPR plan.
-pub const DEFAULT_GRACE_PERIOD_MS: u64 = 30 * DAY_MS;
 /// The shortest pseudonym secret accepted, in bytes.
 pub const MIN_SECRET_LEN: usize = 16;
 
@@ -21,7 +21,8 @@ pub struct Config {
     /// Grace period between the request and the irreversible steps, in milliseconds.
     #[serde(default)]
     pub grace_period_ms: Option<u64>,
-    /// The same in days (give one of the two; default 30 days).
+    /// The same in days (give one of the two; default 30 days, the SDK's
+    /// [`DEFAULT_GRACE_PERIOD_MS`], which the media-ownership plugin uses too).
     #[serde(default)]
     pub grace_period_days: Option<u64>,
     /// Veto erasure requests that did not pass a second factor (admins are exempt).
@@ -33,7 +34,7 @@ pub struct Config {
     /// The HMAC key of the pseudonyms (required with `pseudonymize_clients`).
     #[serde(default)]
     pub pseudonym_secret: Option<String>,
-    /// `"spec"` (default) or `"strict"`.
+    /// `"spec"` (default) or `"strict"`: a [`FederationMode`], by its name.
     #[serde(default)]
     pub federation: Option<String>,
     /// Withhold, rather than redact, erased events for servers that had no user joined.
@@ -41,8 +42,10 @@ pub struct Config {
     pub federation_withhold_unjoined: bool,
 }
 
-/// How erased events are served over federation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How erased events are served over federation. The `federation` setting names it in
+/// lowercase (`spec`, `strict`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, EnumString, VariantNames)]
+#[strum(serialize_all = "lowercase")]
 pub enum FederationMode {
     /// The spec's text (MSC4025): a server that had a user joined at the event gets it whole.
     Spec,
@@ -67,14 +70,16 @@ impl Erasure {
             (None, None) => DEFAULT_GRACE_PERIOD_MS,
         };
         let federation = match config.federation.as_deref() {
-            None | Some("spec") => FederationMode::Spec,
-            Some("strict") => FederationMode::Strict,
-            Some(other) => {
-                return Err(ConfigError::new(
+            None => FederationMode::Spec,
+            Some(name) => name.parse().map_err(|_| {
+                ConfigError::new(
                     "federation",
-                    format!("unknown mode `{other}`: expected `spec` or `strict`"),
-                ));
-            }
+                    format!(
+                        "unknown mode `{name}`: expected {}",
+                        one_of(FederationMode::VARIANTS)
+                    ),
+                )
+            })?,
         };
         let pseudonym_key = if config.pseudonymize_clients {
             let secret = config.pseudonym_secret.as_deref().unwrap_or_default();

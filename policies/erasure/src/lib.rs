@@ -16,6 +16,12 @@
 //! - `on-admin`: `list-erasures`, `erasure-status`, `list-purged-rooms`.
 //!
 //! See the crate's README for the configuration and how this maps to Synapse and MSC4025.
+//!
+//! The default grace period is the SDK's [`DEFAULT_GRACE_PERIOD_MS`] (30 days), the one the
+//! media-ownership plugin uses too. Names are parsed by `strum` (the `federation` modes, the
+//! admin commands) and written by serde attributes (an erasure's status): one enum per table.
+//!
+//! [`DEFAULT_GRACE_PERIOD_MS`]: mxpolicy_guest::gdpr::DEFAULT_GRACE_PERIOD_MS
 
 mod admin;
 mod config;
@@ -34,7 +40,7 @@ use serde_json::Value;
 use sha2::Sha256;
 
 pub use crate::{
-    config::{Config, DAY_MS, DEFAULT_GRACE_PERIOD_MS, FederationMode, MIN_SECRET_LEN},
+    config::{Config, FederationMode, MIN_SECRET_LEN},
     lifecycle::{SECOND_FACTOR_ERRCODE, SECOND_FACTOR_FIELD},
 };
 
@@ -95,3 +101,13 @@ impl Policy for Erasure {
 }
 
 export_policy!(Erasure);
+
+/// `names` as an English choice for error messages: "`a`, `b` or `c`".
+pub(crate) fn one_of(names: &[&str]) -> String {
+    let quoted: Vec<String> = names.iter().map(|n| format!("`{n}`")).collect();
+    match quoted.split_last() {
+        None => String::new(),
+        Some((last, [])) => last.clone(),
+        Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
+    }
+}

@@ -49,14 +49,29 @@ impl Record {
                 .is_some_and(|c| c.reactivated_at_ms.is_none())
     }
 
-    pub(crate) fn status(&self) -> &'static str {
+    /// Where the user's erasure is, for the admin commands.
+    pub(crate) fn status(&self) -> Status {
         match (&self.pending, &self.completed) {
-            (Some(_), _) => "pending",
-            (None, Some(c)) if c.reactivated_at_ms.is_some() => "final-reactivated",
-            (None, Some(_)) => "final",
-            (None, None) => "none",
+            (Some(_), _) => Status::Pending,
+            (None, Some(c)) if c.reactivated_at_ms.is_some() => Status::FinalReactivated,
+            (None, Some(_)) => Status::Final,
+            (None, None) => Status::None,
         }
     }
+}
+
+/// A user's erasure status, as `erasure-status` reports it (kebab-case: `final-reactivated`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum Status {
+    /// A request inside its grace period.
+    Pending,
+    /// A final erasure, the account reactivated since.
+    FinalReactivated,
+    /// A final erasure.
+    Final,
+    /// No erasure.
+    None,
 }
 
 pub(crate) fn record_key(user: &str) -> String {

@@ -3,12 +3,14 @@
 use mxpolicy_guest::{
     Action, AdminRequest, ConfigError, DeactivateContext, HistoryVisibility, Policy,
     ReactivateContext, SendContext, ServeContext, ServeEvent, ServeVerdict, TimerContext, Verdict,
-    Viewer, state, testing,
+    Viewer,
+    gdpr::{DAY_MS, DEFAULT_GRACE_PERIOD_MS},
+    state, testing,
 };
 use serde_json::{Value, json};
 
 use crate::{
-    records::{load, record_key, rooms_under, sent_prefix},
+    records::{Status, load, record_key, rooms_under, sent_prefix},
     *,
 };
 
@@ -129,7 +131,16 @@ fn config_defaults_and_errors() {
         config_error(json!({"pseudonymize_clients": true, "pseudonym_secret": "short"})).key,
         "pseudonym_secret"
     );
-    assert_eq!(config_error(json!({"federation": "lax"})).key, "federation");
+    let lax = config_error(json!({"federation": "lax"}));
+    assert_eq!(lax.key, "federation");
+    assert_eq!(
+        lax.message,
+        "unknown mode `lax`: expected `spec` or `strict`"
+    );
+    assert_eq!(
+        build(json!({"federation": "spec"})).federation,
+        FederationMode::Spec
+    );
     assert_eq!(
         build(json!({"federation": "strict"})).federation,
         FederationMode::Strict
@@ -346,7 +357,10 @@ fn reactivation_after_the_grace_period_keeps_old_events_filtered() {
         p.on_client_serve(&ctx).verdicts,
         vec![ServeVerdict::Redact, ServeVerdict::Serve]
     );
-    assert_eq!(load(ALICE).unwrap().unwrap().status(), "final-reactivated");
+    assert_eq!(
+        load(ALICE).unwrap().unwrap().status(),
+        Status::FinalReactivated
+    );
     // A new erasure filters everything again; cancelling it restores the old cut-off.
     p.on_deactivate(&deactivate(ALICE, true, back + 2));
     assert_eq!(
@@ -476,7 +490,29 @@ fn admin_lists_erasures_and_status() {
     let none = admin("erasure-status", json!({"user": "@x:hs.example"})).unwrap();
     assert_eq!(none["status"], "none");
     assert!(admin("erasure-status", json!({})).is_err());
-    assert!(admin("nope", Value::Null).is_err());
+    assert_eq!(
+        admin("erasure-status", json!({"user": BOB})).unwrap()["status"],
+        "pending"
+    );
+    assert_eq!(
+        admin("nope", Value::Null),
+        Err(
+            "unknown command `nope`: expected `list-erasures`, `erasure-status` or \
+             `list-purged-rooms`"
+                .to_owned()
+        )
+    );
+    p.on_reactivate(&reactivate(ALICE, T0 + 40));
+    let back = admin("erasure-status", json!({"user": ALICE})).unwrap();
+    assert_eq!(back["status"], "final-reactivated");
+}
+
+#[test]
+fn choices_are_listed_in_english() {
+    assert_eq!(one_of(&[]), "");
+    assert_eq!(one_of(&["a"]), "`a`");
+    assert_eq!(one_of(&["a", "b"]), "`a` or `b`");
+    assert_eq!(one_of(&["a", "b", "c"]), "`a`, `b` or `c`");
 }
 
 #[test]

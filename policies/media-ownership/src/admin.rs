@@ -1,7 +1,9 @@
 //! `on-admin`: `media-of-user`, `media-info`.
 
 use mxpolicy_guest::{AdminRequest, state};
+use serde::Serialize;
 use serde_json::{Value, json};
+use strum::{EnumString, VariantNames};
 
 use crate::{
     Erasure,
@@ -10,14 +12,38 @@ use crate::{
     },
 };
 
+/// The admin commands, named in kebab-case (`media-of-user`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, EnumString, VariantNames)]
+#[strum(serialize_all = "kebab-case")]
+enum Command {
+    /// The media a user uploaded, their total size, and the user's erasure.
+    MediaOfUser,
+    /// One media: its record, uploader's erasure and references (or when it was deleted).
+    MediaInfo,
+}
+
+/// Where an erasure is, as the admin commands report it (`"grace"` or `"final"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+enum ErasureState {
+    /// Inside the grace period: the media is refused but not deleted yet.
+    Grace,
+    /// The grace period is over: the media is (being) deleted.
+    Final,
+}
+
 /// Run one admin command.
 pub(crate) fn handle(req: &AdminRequest) -> Result<Value, String> {
-    match req.command.as_str() {
-        "media-of-user" => media_of_user(&req.args, req.now_ms),
-        "media-info" => media_info(&req.args, req.now_ms),
-        other => Err(format!(
-            "unknown command `{other}`; known: media-of-user, media-info"
-        )),
+    let command = req.command.parse::<Command>().map_err(|_| {
+        format!(
+            "unknown command `{}`; known: {}",
+            req.command,
+            Command::VARIANTS.join(", ")
+        )
+    })?;
+    match command {
+        Command::MediaOfUser => media_of_user(&req.args, req.now_ms),
+        Command::MediaInfo => media_info(&req.args, req.now_ms),
     }
 }
 
@@ -93,6 +119,10 @@ fn erasure_json(erasure: &Erasure, now_ms: u64) -> Value {
     json!({
         "requested_at_ms": erasure.requested_at_ms,
         "final_at_ms": erasure.final_at_ms,
-        "state": if erasure.is_final(now_ms) { "final" } else { "grace" },
+        "state": if erasure.is_final(now_ms) {
+            ErasureState::Final
+        } else {
+            ErasureState::Grace
+        },
     })
 }

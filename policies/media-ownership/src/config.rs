@@ -1,12 +1,11 @@
 //! The plugin's configuration and how the policy is built from it.
 
-use mxpolicy_guest::ConfigError;
+use mime::Mime;
+use mxpolicy_guest::{ConfigError, gdpr::DEFAULT_GRACE_PERIOD_MS};
 use serde::Deserialize;
 
 use crate::MediaOwnership;
 
-/// The default grace period: 30 days, the erasure plugin's default too.
-pub const DEFAULT_GRACE_PERIOD_MS: u64 = 30 * 24 * 60 * 60 * 1000;
 /// The default number of media (and references) cleaned up per timer firing.
 pub const DEFAULT_DELETION_BATCH_SIZE: u32 = 500;
 /// The largest batch: 5000 delete-media actions stay well under the host's output cap.
@@ -17,7 +16,8 @@ pub const MAX_DELETION_BATCH_SIZE: u32 = 5000;
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Time between the erasure request and its becoming final (deletion), in ms. Must equal
-    /// the erasure plugin's grace period. Default 30 days.
+    /// the erasure plugin's grace period. Default 30 days ([`DEFAULT_GRACE_PERIOD_MS`], the
+    /// erasure plugin's default too).
     #[serde(default = "default_grace_period_ms")]
     pub grace_period_ms: u64,
     /// During the grace period only, let a user fetch an erased user's media if they were
@@ -88,26 +88,30 @@ impl MediaOwnership {
         }
         let allowed = match &config.allowed_content_types {
             None => None,
-            Some(types) => {
-                let mut out = Vec::with_capacity(types.len());
-                for (i, t) in types.iter().enumerate() {
-                    let t = t.trim().to_ascii_lowercase();
-                    let valid = t
-                        .split_once('/')
-                        .is_some_and(|(a, b)| !a.is_empty() && !b.is_empty() && !b.contains('/'))
-                        && (!t.starts_with("*/") || t == "*/*")
-                        && !t.contains(';');
-                    if !valid {
-                        return Err(ConfigError::new(
-                            format!("allowed_content_types.{i}"),
-                            "expected a content type like `image/png`, `image/*` or `*/*`",
-                        ));
-                    }
-                    out.push(t);
-                }
-                Some(out)
-            }
+            Some(types) => Some(
+                types
+                    .iter()
+                    .enumerate()
+                    .map(|(i, t)| {
+                        content_type_pattern(t).ok_or_else(|| {
+                            ConfigError::new(
+                                format!("allowed_content_types.{i}"),
+                                "expected a content type like `image/png`, `image/*` or `*/*`",
+                            )
+                        })
+                    })
+                    .collect::<Result<Vec<_>, _>>()?,
+            ),
         };
         Ok(Self { config, allowed })
     }
+}
+
+/// An `allowed_content_types` entry, parsed by `mime` (which lowercases it): a type without
+/// parameters, with `*` as the subtype for a whole family and `*/*` for every type.
+fn content_type_pattern(pattern: &str) -> Option<Mime> {
+    let parsed: Mime = pattern.trim().parse().ok()?;
+    let wildcard_family = parsed.type_() == mime::STAR && parsed.subtype() != mime::STAR;
+    let complete = !parsed.subtype().as_str().is_empty() && parsed.params().next().is_none();
+    (complete && !wildcard_family).then_some(parsed)
 }

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeSet;
 
+use mxpolicy_guest::MxcUri;
 use serde_json::Value;
 
 /// Keys whose string value is a media reference, at any depth of the content: `url` (files,
@@ -36,7 +37,7 @@ fn walk(value: &Value, depth: usize, found: &mut BTreeSet<String>) {
             for (key, v) in map {
                 match v {
                     Value::String(s) if REFERENCE_KEYS.contains(&key.as_str()) => {
-                        if is_mxc(s) {
+                        if MxcUri::is_valid(s) {
                             found.insert(s.clone());
                         }
                     }
@@ -56,16 +57,9 @@ fn walk(value: &Value, depth: usize, found: &mut BTreeSet<String>) {
     }
 }
 
-/// Whether `s` looks like a complete `mxc://server/media-id` URI.
-fn is_mxc(s: &str) -> bool {
-    s.strip_prefix("mxc://")
-        .and_then(|rest| rest.split_once('/'))
-        .is_some_and(|(server, id)| {
-            !server.is_empty() && !id.is_empty() && s.chars().all(is_uri_char)
-        })
-}
-
-/// Characters an `mxc://` URI can hold (server names with ports and IPv6 literals, media ids).
+/// Characters an `mxc://` URI can hold (server names with ports and IPv6 literals, media ids),
+/// a little wider than the grammar: where a candidate in HTML ends. Each candidate is then
+/// validated by [`MxcUri::is_valid`] (ruma's rules).
 fn is_uri_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || matches!(c, ':' | '/' | '.' | '-' | '_' | '[' | ']' | '~')
 }
@@ -81,7 +75,7 @@ fn scan_html(html: &str, found: &mut BTreeSet<String>) {
             .find(|&(_, c)| !is_uri_char(c))
             .map_or(candidate.len(), |(i, _)| i);
         let uri = &candidate[..end];
-        if is_mxc(uri) {
+        if MxcUri::is_valid(uri) {
             found.insert(uri.to_owned());
             if found.len() >= MAX_PER_EVENT {
                 return;
@@ -133,6 +127,8 @@ mod tests {
         let content = json!({
             "url": "https://example.org/x",
             "avatar_url": "mxc://no-media-id",
+            // Not a media id by the specification's grammar (ruma's rules).
+            "m.new_content": {"url": "mxc://hs.example/cat.png", "thumbnail_url": "mxc://hs_x/a"},
             "thumbnail_url": 42,
             "formatted_body": "mxc:// mxc://a/ <b>mxc://hs.example/\"x</b>",
         });

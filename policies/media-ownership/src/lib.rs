@@ -19,6 +19,23 @@
 //!  "max_upload_bytes": 52428800, "allowed_content_types": ["image/*", "application/pdf"],
 //!  "quota_bytes": 1073741824, "quota_errcode": "M_FORBIDDEN", "deletion_batch_size": 500}
 //! ```
+//!
+//! The default grace period is the SDK's [`DEFAULT_GRACE_PERIOD_MS`], the one the erasure
+//! plugin uses too.
+//!
+//! Parsing is left to crates made for it: content types to `mime` (the upload's type and the
+//! `allowed_content_types` patterns), `mxc://` URIs to the SDK's [`MxcUri::is_valid`] (ruma's
+//! rules), admin command names to `strum`. Two small pieces stay hand-written, on purpose:
+//! - the upload's type is cut at its first `;` before `mime` parses it: the limits ignore
+//!   parameters, and `mime` 0.3 refuses the whitespace HTTP allows before `;`;
+//! - finding `mxc://` URIs inside HTML (`formatted_body`) scans for the `mxc://` prefix and
+//!   takes the characters a URI can hold, then validates each candidate with the SDK. Only the
+//!   `src` of images matters and a false positive is harmless (a reference is recorded only to
+//!   media uploaded here), so an HTML parser (`html5ever`, `scraper`) would add a large
+//!   dependency to every build of the plugin for no change in the result.
+//!
+//! [`DEFAULT_GRACE_PERIOD_MS`]: mxpolicy_guest::gdpr::DEFAULT_GRACE_PERIOD_MS
+//! [`MxcUri::is_valid`]: mxpolicy_guest::MxcUri::is_valid
 
 mod admin;
 mod config;
@@ -37,9 +54,7 @@ use mxpolicy_guest::{
 use serde_json::Value;
 
 pub use crate::{
-    config::{
-        Config, DEFAULT_DELETION_BATCH_SIZE, DEFAULT_GRACE_PERIOD_MS, MAX_DELETION_BATCH_SIZE,
-    },
+    config::{Config, DEFAULT_DELETION_BATCH_SIZE, MAX_DELETION_BATCH_SIZE},
     fetch::{NOT_FOUND_ERRCODE, NOT_FOUND_MESSAGE},
     records::{Erasure, MediaRecord, Reference},
 };
@@ -48,8 +63,8 @@ pub use crate::{
 #[derive(Debug)]
 pub struct MediaOwnership {
     config: Config,
-    /// `allowed_content_types`, lowercased.
-    allowed: Option<Vec<String>>,
+    /// `allowed_content_types`, parsed.
+    allowed: Option<Vec<mime::Mime>>,
 }
 
 impl Policy for MediaOwnership {

@@ -1,12 +1,16 @@
 //! Native unit tests: the hooks called directly with the SDK's in-memory host.
 
-use mxpolicy_guest::{MatrixError, Requester, ServerName, UserId, Verdict, state, testing};
+use mime::Mime;
+use mxpolicy_guest::{
+    MatrixError, Requester, ServerName, UserId, Verdict, gdpr::DEFAULT_GRACE_PERIOD_MS, state,
+    testing,
+};
 use serde_json::json;
 
 use super::*;
 use crate::{
     records::reference_keys,
-    upload::{DEFAULT_CONTENT_TYPE, content_type_matches, normalize_content_type},
+    upload::{content_type_matches, upload_type},
 };
 
 const A: &str = "@alice:hs.example";
@@ -470,6 +474,18 @@ fn bad_config_names_the_key() {
             json!({"allowed_content_types": ["*/png"]}),
             "allowed_content_types.0",
         ),
+        (
+            json!({"allowed_content_types": ["image/*", "image/"]}),
+            "allowed_content_types.1",
+        ),
+        (
+            json!({"allowed_content_types": ["text/plain; charset=utf-8"]}),
+            "allowed_content_types.0",
+        ),
+        (
+            json!({"allowed_content_types": ["image/png/x"]}),
+            "allowed_content_types.0",
+        ),
     ];
     for (config, key) in bad {
         let config: Config = serde_json::from_value(config).expect("present");
@@ -480,16 +496,44 @@ fn bad_config_names_the_key() {
 
 #[test]
 fn content_type_patterns() {
-    assert!(content_type_matches("image/*", "image/png"));
-    assert!(!content_type_matches("image/*", "imagex/png"));
-    assert!(content_type_matches("*/*", "application/octet-stream"));
-    assert!(content_type_matches("application/pdf", "application/pdf"));
-    assert!(!content_type_matches("application/pdf", "application/pdfx"));
+    let matches = |pattern: &str, upload: &str| {
+        let pattern: Mime = pattern.parse().expect("a pattern");
+        content_type_matches(&pattern, upload_type(Some(upload)).as_ref().ok())
+    };
+    assert!(matches("image/*", "image/png"));
+    assert!(!matches("image/*", "imagex/png"));
+    assert!(matches("*/*", "application/octet-stream"));
+    assert!(matches("application/pdf", "application/pdf"));
+    assert!(matches("application/pdf", "Application/PDF; x=y"));
+    assert!(!matches("application/pdf", "application/pdfx"));
     assert_eq!(
-        normalize_content_type(Some(" Text/Plain ; charset=utf-8")),
-        "text/plain"
+        upload_type(Some(" Text/Plain ; charset=utf-8")),
+        Ok(mime::TEXT_PLAIN)
     );
-    assert_eq!(normalize_content_type(Some("")), DEFAULT_CONTENT_TYPE);
+    assert_eq!(upload_type(Some("")), Ok(mime::APPLICATION_OCTET_STREAM));
+    assert_eq!(upload_type(None), Ok(mime::APPLICATION_OCTET_STREAM));
+    // A type that does not parse is named as given, and only `*/*` lets it through.
+    assert_eq!(
+        upload_type(Some("Not A Type")),
+        Err("not a type".to_owned())
+    );
+    assert!(matches("*/*", "not a type"));
+    assert!(!matches("image/*", "image/png garbage"));
+}
+
+#[test]
+fn unparsable_upload_types_are_refused_and_named() {
+    let p = policy(json!({"allowed_content_types": ["image/*"]}));
+    let out = upload(&p, T0, A, "mxc://hs.example/odd", 1, "Image/PNG garbage");
+    let Verdict::Deny(e) = &out.verdict else {
+        panic!("an unparsable type passed an `image/*` filter")
+    };
+    assert_eq!(
+        e.message,
+        "Media of type image/png garbage may not be uploaded here; allowed types: image/*"
+    );
+    let any = policy(json!({"allowed_content_types": ["*/*"]}));
+    assert!(upload(&any, T0, A, "mxc://hs.example/odd", 1, "garbage").is_allow());
 }
 
 #[test]
@@ -632,6 +676,15 @@ fn unknown_timers_are_ignored() {
         payload: vec![],
     });
     assert!(actions.is_empty());
+}
+
+#[test]
+fn unknown_admin_commands_list_the_known_ones() {
+    let p = policy(json!({}));
+    assert_eq!(
+        admin(&p, T0, "media-of-users", json!({})),
+        Err("unknown command `media-of-users`; known: media-of-user, media-info".to_owned())
+    );
 }
 
 #[test]

@@ -1,15 +1,13 @@
 //! `on-media-upload`: the upload limits (size, content types, quota) and the record of who
 //! uploaded what.
 
+use mime::Mime;
 use mxpolicy_guest::{MediaUploadContext, Outcome, state};
 
 use crate::{
     MediaOwnership,
     records::{MAX_KEY_BYTES, MediaRecord, by_user_prefix, media_key, ref_prefix, usage_key},
 };
-
-/// The content type of uploads that declare none (as Synapse assumes).
-pub(crate) const DEFAULT_CONTENT_TYPE: &str = "application/octet-stream";
 
 impl MediaOwnership {
     /// `on-media-upload`: apply the limits, then record the upload.
@@ -55,15 +53,20 @@ impl MediaOwnership {
             ));
         }
         if let Some(allowed) = &self.allowed {
-            let content_type = normalize_content_type(ctx.content_type.as_deref());
+            let content_type = upload_type(ctx.content_type.as_deref());
             if !allowed
                 .iter()
-                .any(|p| content_type_matches(p, &content_type))
+                .any(|p| content_type_matches(p, content_type.as_ref().ok()))
             {
+                let named = match &content_type {
+                    Ok(t) => t.essence_str(),
+                    Err(unparsable) => unparsable,
+                };
+                let allowed: Vec<&str> = allowed.iter().map(Mime::essence_str).collect();
                 return Some(Outcome::deny(
                     "M_FORBIDDEN",
                     format!(
-                        "Media of type {content_type} may not be uploaded here; allowed types: {}",
+                        "Media of type {named} may not be uploaded here; allowed types: {}",
                         allowed.join(", ")
                     ),
                 ));
@@ -114,22 +117,38 @@ impl MediaOwnership {
     }
 }
 
-/// `type/subtype` in lowercase, without parameters.
-pub(crate) fn normalize_content_type(content_type: Option<&str>) -> String {
-    content_type
+/// The type an upload declares, as the limits see it: `type/subtype` without parameters,
+/// lowercase, parsed by `mime`. Uploads without a type count as `application/octet-stream`
+/// (as Synapse assumes). `Err` holds a type that does not parse, trimmed and lowercased, to
+/// name it in the refusal: only `*/*` lets such an upload through.
+///
+/// Only the part before the first `;` is parsed: parameters never matter to the limits, and
+/// `mime` refuses the optional whitespace before `;` that HTTP allows (`text/plain ; a=b`).
+pub(crate) fn upload_type(content_type: Option<&str>) -> Result<Mime, String> {
+    let essence = content_type
         .and_then(|t| t.split(';').next())
-        .map(|t| t.trim().to_ascii_lowercase())
-        .filter(|t| !t.is_empty())
-        .unwrap_or_else(|| DEFAULT_CONTENT_TYPE.to_owned())
+        .map(str::trim)
+        .unwrap_or_default();
+    if essence.is_empty() {
+        return Ok(mime::APPLICATION_OCTET_STREAM);
+    }
+    essence
+        .parse::<Mime>()
+        .map_err(|_| essence.to_ascii_lowercase())
 }
 
-/// Whether `content_type` (normalized) matches `pattern` (lowercase): exact, `type/*`, `*/*`.
-pub(crate) fn content_type_matches(pattern: &str, content_type: &str) -> bool {
-    match pattern.strip_suffix("/*") {
-        Some("*") => true,
-        Some(family) => content_type
-            .split_once('/')
-            .is_some_and(|(t, _)| t == family),
-        None => pattern == content_type,
+/// Whether an upload's type (`None`: it does not parse) matches an allowed pattern: `*/*`
+/// matches every upload, `type/*` a whole family, any other pattern exactly that type.
+pub(crate) fn content_type_matches(pattern: &Mime, content_type: Option<&Mime>) -> bool {
+    if *pattern == mime::STAR_STAR {
+        return true;
+    }
+    let Some(content_type) = content_type else {
+        return false;
+    };
+    if pattern.subtype() == mime::STAR {
+        pattern.type_() == content_type.type_()
+    } else {
+        pattern.essence_str() == content_type.essence_str()
     }
 }
