@@ -3,7 +3,7 @@
 
 use std::{io::Write, path::Path, sync::Arc};
 
-use mxpolicy_host::{Host, MemoryHomeserver, PluginSpec, ruma::owned_server_name};
+use mxpolicy_host::{Host, MemoryHomeserver, MemoryStore, PluginSpec, ruma::owned_server_name};
 use serde_json::{Value, json};
 
 use crate::locate;
@@ -61,11 +61,9 @@ pub fn run(
     out: &mut dyn Write,
     err: &mut dyn Write,
 ) -> i32 {
-    let host = match Host::builder(Arc::new(MemoryHomeserver::new(owned_server_name!(
-        "hs.example"
-    ))))
-    .build()
-    {
+    // An inspection keeps nothing: in-memory state.
+    let homeserver = Arc::new(MemoryHomeserver::new(owned_server_name!("hs.example")));
+    let host = match Host::builder(homeserver, Arc::new(MemoryStore::new())).build() {
         Ok(h) => h,
         Err(e) => {
             let _ = writeln!(err, "error: cannot start the policy host: {e}");

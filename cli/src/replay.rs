@@ -61,8 +61,7 @@ pub fn run_file(path: &Path, out: &mut Output<'_>) -> anyhow::Result<FileResult>
         .to_path_buf();
     let world = Arc::new(World::new(scenario.server_name.clone()));
     let clock = Arc::new(ManualClock::new(DEFAULT_START_MS));
-    let host = Host::builder(world.clone())
-        .state(Arc::new(MemoryStore::new()))
+    let host = Host::builder(world.clone(), Arc::new(MemoryStore::new()))
         .clock(clock.clone())
         .build()
         .context("cannot start the policy host")?;
@@ -96,7 +95,7 @@ pub fn run_file(path: &Path, out: &mut Output<'_>) -> anyhow::Result<FileResult>
         steps: 0,
         failed: Vec::new(),
     };
-    for (i, step) in scenario.steps.0.iter().enumerate() {
+    for (i, step) in scenario.steps.iter().enumerate() {
         let label = format!("step {i} ({})", describe(&step.op));
         let mut report = runner.step(i, step).map_err(|e| {
             let (line, column) = scenario.position(i);

@@ -19,8 +19,8 @@ use std::{hint::black_box, path::PathBuf, sync::Arc, time::Duration};
 use criterion::{Criterion, criterion_group};
 use mxpolicy_guest::Policy as _;
 use mxpolicy_host::{
-    Allocation, HistoryVisibility, Host, InstanceMode, MemoryHomeserver, PluginSpec, SendEvent,
-    ServeEvent, ServeVerdict, UserKind, Viewer,
+    Allocation, HistoryVisibility, Host, InstanceMode, MemoryHomeserver, MemoryStore, PluginSpec,
+    SendEvent, ServeEvent, ServeVerdict, UserKind, Viewer,
     ruma::{RoomVersionId, owned_room_id, owned_server_name, owned_user_id},
 };
 use serde_json::json;
@@ -40,7 +40,7 @@ fn plugin(name: &str) -> PathBuf {
 
 fn host(allocation: Allocation) -> Host {
     let hs = Arc::new(MemoryHomeserver::new(owned_server_name!("hs.example")));
-    Host::builder(hs)
+    Host::builder(hs, Arc::new(MemoryStore::new()))
         .allocation(allocation)
         .build()
         .expect("host")

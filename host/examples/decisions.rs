@@ -7,7 +7,7 @@
 use std::{path::PathBuf, sync::Arc};
 
 use mxpolicy_host::{
-    Host, MemoryHomeserver, PluginSpec, SendEvent, UserKind, Verdict,
+    Host, MemoryHomeserver, MemoryStore, PluginSpec, SendEvent, UserKind, Verdict,
     ruma::{RoomVersionId, owned_room_id, owned_server_name},
 };
 use serde_json::json;
@@ -18,7 +18,8 @@ fn main() -> anyhow::Result<()> {
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/plugins"));
     let homeserver = Arc::new(MemoryHomeserver::new(owned_server_name!("hs.example")));
-    let host = Host::builder(homeserver).build()?;
+    // Plugin state in memory: this example keeps nothing (a homeserver uses `SqliteStore`).
+    let host = Host::builder(homeserver, Arc::new(MemoryStore::new())).build()?;
     let report = host.load(
         PluginSpec::file(dir.join("keyword-filter.wasm"))
             .config(json!({"keywords": ["buy now"], "blocked_users": ["@spam:evil.example"]})),

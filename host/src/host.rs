@@ -112,7 +112,7 @@ pub struct Inspection {
 
 /// Builds a [`Host`].
 pub struct HostBuilder {
-    state: Option<Arc<dyn StateStore>>,
+    state: Arc<dyn StateStore>,
     homeserver: Arc<dyn Homeserver>,
     clock: Arc<dyn Clock>,
     allocation: Allocation,
@@ -121,12 +121,6 @@ pub struct HostBuilder {
 }
 
 impl HostBuilder {
-    /// Where plugin state and timers live. Default: a fresh in-memory store (lost on restart).
-    pub fn state(mut self, state: Arc<dyn StateStore>) -> Self {
-        self.state = Some(state);
-        self
-    }
-
     /// The clock hooks see. Default: [`SystemClock`].
     pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.clock = clock;
@@ -172,9 +166,7 @@ impl HostBuilder {
         }
         Ok(Host {
             runtime: Arc::new(Runtime::new(self.allocation)?),
-            state: self
-                .state
-                .unwrap_or_else(|| Arc::new(crate::storage::MemoryStore::new())),
+            state: self.state,
             homeserver: self.homeserver,
             clock: self.clock,
             chain: ArcSwap::from_pointee(Generation {
@@ -221,10 +213,13 @@ pub struct Host {
 type HookCall<'a, R> = &'a dyn Fn(&Policy, &mut Store<CallCtx>) -> wasmtime::Result<R>;
 
 impl Host {
-    /// Start building a host for a homeserver.
-    pub fn builder(homeserver: Arc<dyn Homeserver>) -> HostBuilder {
+    /// Start building a host for a homeserver, with the store that keeps plugin state and
+    /// timers. There is no default store: a homeserver chooses a durable one
+    /// ([`SqliteStore`](crate::SqliteStore)); `MemoryStore` (feature `testing`) is for tests
+    /// and the replay tool, and loses everything on restart.
+    pub fn builder(homeserver: Arc<dyn Homeserver>, state: Arc<dyn StateStore>) -> HostBuilder {
         HostBuilder {
-            state: None,
+            state,
             homeserver,
             clock: Arc::new(SystemClock),
             allocation: Allocation::default(),

@@ -8,12 +8,13 @@
 //!
 //! ```no_run
 //! use std::sync::Arc;
-//! use mxpolicy_host::{Host, MemoryHomeserver, PluginSpec, SendEvent, Verdict};
+//! use mxpolicy_host::{Host, MemoryHomeserver, PluginSpec, SendEvent, SqliteStore, Verdict};
 //! use ruma::{owned_room_id, owned_server_name, owned_user_id, RoomVersionId};
 //!
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let homeserver = Arc::new(MemoryHomeserver::new(owned_server_name!("hs.example")));
-//! let host = Host::builder(homeserver).build()?;
+//! let store = Arc::new(SqliteStore::open("mxpolicy-state.db")?);
+//! let host = Host::builder(homeserver, store).build()?;
 //! host.load(
 //!     PluginSpec::file("target/plugins/keyword-filter.wasm")
 //!         .config(serde_json::json!({"keywords": ["buy now"]})),
@@ -108,8 +109,8 @@ pub use spec::{
 #[cfg(feature = "testing")]
 pub use storage::MemoryStore;
 pub use storage::{
-    Changes, Conflict, ENTRY_OVERHEAD_BYTES, Entry, ListRead, Quota, ScheduledTimer, SqliteStore,
-    StateStore, Timer, Transaction, entry_bytes,
+    Changes, Conflict, ENTRY_OVERHEAD_BYTES, Entry, ListRead, PostgresStore, Quota, ScheduledTimer,
+    SqliteStore, StateStore, Timer, Transaction, entry_bytes,
 };
 pub use types::{
     Action, Deactivation, FailurePolicy, HistoryVisibility, Hook, HttpRequest, HttpResponse,

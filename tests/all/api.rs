@@ -64,11 +64,13 @@ impl StateStore for FlakyStore {
 
 fn flaky_host() -> (Host, Arc<FlakyStore>) {
     let store = Arc::new(FlakyStore::default());
-    let host = Host::builder(Arc::new(MemoryHomeserver::new(server_name())))
-        .state(store.clone())
-        .clock(Arc::new(ManualClock::new(T0)))
-        .build()
-        .unwrap();
+    let host = Host::builder(
+        Arc::new(MemoryHomeserver::new(server_name())),
+        store.clone(),
+    )
+    .clock(Arc::new(ManualClock::new(T0)))
+    .build()
+    .unwrap();
     // The scripted plugin reads and writes its call counter on every call.
     host.load(spec("scripted-a")).unwrap();
     (host, store)

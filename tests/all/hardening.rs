@@ -10,8 +10,8 @@ use std::{
 };
 
 use mxpolicy_host::{
-    Error, FailureCause, Host, HttpRequest, MAX_TIMER_ATTEMPTS, MemoryHomeserver, PluginSpec,
-    Quota, ServeVerdict, Verdict, Viewer,
+    Error, FailureCause, Host, HttpRequest, MAX_TIMER_ATTEMPTS, MemoryHomeserver, MemoryStore,
+    PluginSpec, Quota, ServeVerdict, Verdict, Viewer,
 };
 use serde_json::{Value, json};
 
@@ -28,12 +28,12 @@ fn misbehaving(plugin: &str, hook: &str, how: &str) -> PluginSpec {
 
 fn get_root() -> HttpRequest {
     HttpRequest {
-    method: "GET".into(),
-    path: "/".into(),
-    query: String::new(),
-    headers: vec![],
-    body: vec![],
-}
+        method: "GET".into(),
+        path: "/".into(),
+        query: String::new(),
+        headers: vec![],
+        body: vec![],
+    }
 }
 
 /// `levels` nested arrays around a string: `nested(2)` is `[["leaf"]]`.
@@ -289,10 +289,13 @@ fn components_with_more_memories_than_the_world_needs_are_refused() {
         err.to_string().contains("memories count of 16 exceeds"),
         "{err}"
     );
-    let on_demand = Host::builder(Arc::new(MemoryHomeserver::new(server_name())))
-        .allocation(mxpolicy_host::Allocation::OnDemand)
-        .build()
-        .unwrap();
+    let on_demand = Host::builder(
+        Arc::new(MemoryHomeserver::new(server_name())),
+        Arc::new(MemoryStore::new()),
+    )
+    .allocation(mxpolicy_host::Allocation::OnDemand)
+    .build()
+    .unwrap();
     let err = on_demand
         .load(PluginSpec::bytes("hoarder", bytes))
         .unwrap_err()
@@ -306,7 +309,7 @@ fn components_with_more_memories_than_the_world_needs_are_refused() {
 fn a_timer_pass_is_bounded_and_a_backlog_drains_pass_by_pass() {
     let homeserver = Arc::new(MemoryHomeserver::new(server_name()));
     let clock = Arc::new(mxpolicy_host::ManualClock::new(T0));
-    let host = Host::builder(homeserver)
+    let host = Host::builder(homeserver, Arc::new(MemoryStore::new()))
         .clock(clock.clone())
         .timers_per_pass(100)
         .build()
@@ -423,7 +426,12 @@ fn one_byte_keys_are_charged_their_overhead_per_call() {
         panic!("{d:?}")
     };
     assert!(msg.contains("64 bytes charged per entry"), "{msg}");
-    assert!(t.host.list_state("scripted-a", "flood/").unwrap().is_empty());
+    assert!(
+        t.host
+            .list_state("scripted-a", "flood/")
+            .unwrap()
+            .is_empty()
+    );
 }
 
 #[test]
@@ -550,7 +558,7 @@ fn a_plugin_flooded_with_calls_refuses_its_own_calls_not_its_neighbours() {
     let homeserver = Arc::new(MemoryHomeserver::new(server_name()));
     // A small pool makes exhaustion easy: 32 instances, of which each plugin reserves 8.
     let host = Arc::new(
-        Host::builder(homeserver)
+        Host::builder(homeserver, Arc::new(MemoryStore::new()))
             .allocation(mxpolicy_host::Allocation::Pooling {
                 max_instances: 32,
                 max_memory_bytes: 64 << 20,

@@ -85,7 +85,10 @@ fn a_bad_replacement_leaves_the_old_plugin_serving() {
     assert!(matches!(err, Error::Load { .. }), "{err}");
     // Replacing an instance that is not loaded names it, whatever the new build is.
     let err = t.host.replace("absent", spec("scripted-a")).unwrap_err();
-    assert!(matches!(&err, Error::NoSuchPlugin(name) if name == "absent"), "{err}");
+    assert!(
+        matches!(&err, Error::NoSuchPlugin(name) if name == "absent"),
+        "{err}"
+    );
 
     assert_eq!(t.host.generation(), generation);
     assert_eq!(deny_message(&t.host), "denied by good");
@@ -133,7 +136,9 @@ fn calls_in_flight_finish_on_the_old_build() {
         entered: Mutex::new(entered_tx),
         release: Mutex::new(release_rx),
     });
-    let host = Host::builder(gate).build().unwrap();
+    let host = Host::builder(gate, Arc::new(mxpolicy_host::MemoryStore::new()))
+        .build()
+        .unwrap();
     let config = |label: &str, query: bool| {
         let mut c = json!({"deny": "M_FORBIDDEN", "label": label});
         if query {

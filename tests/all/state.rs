@@ -219,11 +219,22 @@ fn concurrent_read_modify_writes_lose_no_update() {
 fn concurrent_read_modify_writes_lose_no_update_on_sqlite() {
     let dir = crate::stores::TempDir::new("sqlite-concurrency");
     let store = std::sync::Arc::new(mxpolicy_host::SqliteStore::open(dir.0.join("s.db")).unwrap());
-    let host = mxpolicy_host::Host::builder(std::sync::Arc::new(
-        mxpolicy_host::MemoryHomeserver::new(crate::support::server_name()),
-    ))
-    .state(store)
-    .build()
-    .unwrap();
+    let homeserver = mxpolicy_host::MemoryHomeserver::new(crate::support::server_name());
+    let host = mxpolicy_host::Host::builder(std::sync::Arc::new(homeserver), store)
+        .build()
+        .unwrap();
+    no_update_is_lost(std::sync::Arc::new(host));
+}
+
+#[test]
+fn concurrent_read_modify_writes_lose_no_update_on_postgres() {
+    let Some(url) = crate::stores::postgres_schema("concurrency") else {
+        return;
+    };
+    let store = std::sync::Arc::new(mxpolicy_host::PostgresStore::connect(&url).unwrap());
+    let homeserver = mxpolicy_host::MemoryHomeserver::new(crate::support::server_name());
+    let host = mxpolicy_host::Host::builder(std::sync::Arc::new(homeserver), store)
+        .build()
+        .unwrap();
     no_update_is_lost(std::sync::Arc::new(host));
 }

@@ -3,7 +3,11 @@
 
 #![allow(dead_code)]
 
-use std::{path::PathBuf, sync::Arc, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
 
 use mxpolicy_host::{
     Host, ManualClock, MemoryHomeserver, MemoryStore, PluginSpec,
@@ -21,6 +25,50 @@ pub fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"))
+}
+
+/// The repository's root (the workspace).
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The modification time of the newest file under `dir`, recursively.
+pub fn newest_source(dir: &Path) -> SystemTime {
+    let mut newest = SystemTime::UNIX_EPOCH;
+    for entry in std::fs::read_dir(dir).expect("cli sources").flatten() {
+        let path = entry.path();
+        let modified = if path.is_dir() {
+            newest_source(&path)
+        } else {
+            entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .unwrap_or(SystemTime::UNIX_EPOCH)
+        };
+        newest = newest.max(modified);
+    }
+    newest
+}
+
+/// The built `mxpolicy` binary (`cargo build -p mxpolicy`), for the tests that run the command
+/// as a subprocess; fails with the command to run when it is missing or older than its sources.
+pub fn binary() -> PathBuf {
+    let bin = target_dir()
+        .join("debug")
+        .join(format!("mxpolicy{}", std::env::consts::EXE_SUFFIX));
+    let Ok(built) = std::fs::metadata(&bin).and_then(|m| m.modified()) else {
+        panic!(
+            "{} is missing: run `cargo build -p mxpolicy` before the tests (the README's test \
+             command does)",
+            bin.display()
+        );
+    };
+    assert!(
+        built >= newest_source(&repo().join("cli/src")),
+        "{} is older than cli/src: run `cargo build -p mxpolicy` before the tests",
+        bin.display()
+    );
+    bin
 }
 
 /// Path of a plugin built by `cargo xtask build-plugins` (`policies/<name>` or
@@ -57,8 +105,7 @@ pub fn test_host() -> TestHost {
     let homeserver = Arc::new(MemoryHomeserver::new(server_name()));
     let clock = Arc::new(ManualClock::new(T0));
     let store = Arc::new(MemoryStore::new());
-    let host = Host::builder(homeserver.clone())
-        .state(store.clone())
+    let host = Host::builder(homeserver.clone(), store.clone())
         .clock(clock.clone())
         .build()
         .expect("host");

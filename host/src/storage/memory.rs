@@ -45,13 +45,10 @@ struct Inner {
 /// An in-memory [`StateStore`]: for tests, examples and `mxpolicy replay`. Everything is lost
 /// when it is dropped.
 #[derive(Default)]
-// Public with the `testing` feature; without it, the host's default store only.
-#[cfg_attr(not(feature = "testing"), allow(unreachable_pub))]
 pub struct MemoryStore {
     inner: Mutex<Inner>,
 }
 
-#[cfg_attr(not(feature = "testing"), allow(unreachable_pub))]
 impl MemoryStore {
     /// An empty store.
     pub fn new() -> Self {

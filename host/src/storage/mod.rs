@@ -21,11 +21,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::StoreError;
 
+#[cfg(feature = "testing")]
 mod memory;
+mod pg;
 mod sqlite;
 
-#[cfg_attr(not(feature = "testing"), allow(unreachable_pub))]
+#[cfg(feature = "testing")]
 pub use memory::MemoryStore;
+pub use pg::PostgresStore;
 pub use sqlite::SqliteStore;
 
 /// A durable timer, as stored.

@@ -1,0 +1,369 @@
+//! [`PostgresStore`]: the [`StateStore`] for a homeserver with several worker processes (how
+//! large Synapse deployments run): every process opens the same database and sees every
+//! commit of the others at its next read (there is no cache to invalidate).
+//!
+//! A commit runs in one transaction holding a transaction-scoped advisory lock on the
+//! plugin's name, so the commits of one plugin are serialized across processes: validation of
+//! the reads (versions from one sequence, so they never repeat) and the writes happen with no
+//! other commit of that plugin in between, which also covers keys that were absent when read
+//! (row locks could not). Commits of different plugins run in parallel. The schema is created
+//! and checked by the store itself, with a schema version table.
+
+use std::sync::{Mutex, MutexGuard};
+
+use postgres::{Client, GenericClient, NoTls};
+
+use super::{Conflict, Entry, Quota, ScheduledTimer, StateStore, Timer, Transaction, entry_bytes};
+use crate::error::{QuotaExceeded, StoreError};
+
+/// The schema version this build creates and reads.
+const SCHEMA_VERSION: i32 = 1;
+
+/// Serializes schema creation when several processes start at once.
+const SCHEMA_LOCK: i64 = 0x6d78_706f_6c69; // "mxpoli"
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS mxpolicy_schema (version INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS mxpolicy_kv (
+    plugin TEXT NOT NULL,
+    key TEXT COLLATE "C" NOT NULL,
+    value BYTEA NOT NULL,
+    version BIGINT NOT NULL,
+    PRIMARY KEY (plugin, key)
+);
+CREATE TABLE IF NOT EXISTS mxpolicy_timers (
+    plugin TEXT NOT NULL,
+    id TEXT COLLATE "C" NOT NULL,
+    due_ms BIGINT NOT NULL,
+    payload BYTEA NOT NULL,
+    attempts INTEGER NOT NULL,
+    PRIMARY KEY (plugin, id)
+);
+CREATE INDEX IF NOT EXISTS mxpolicy_timers_due ON mxpolicy_timers (plugin, due_ms, id);
+CREATE TABLE IF NOT EXISTS mxpolicy_usage (
+    plugin TEXT PRIMARY KEY,
+    keys BIGINT NOT NULL,
+    bytes BIGINT NOT NULL,
+    timers BIGINT NOT NULL
+);
+CREATE SEQUENCE IF NOT EXISTS mxpolicy_versions;
+"#;
+
+/// A [`StateStore`] in a PostgreSQL database, shared by any number of processes.
+///
+/// ```no_run
+/// use mxpolicy_host::PostgresStore;
+/// let store = PostgresStore::connect("postgresql://synapse@127.0.0.1/synapse")?;
+/// # Ok::<(), mxpolicy_host::StoreError>(())
+/// ```
+pub struct PostgresStore {
+    config: postgres::Config,
+    /// Idle connections; a connection that saw an error is dropped, not pooled.
+    pool: Mutex<Vec<Client>>,
+}
+
+fn err(e: postgres::Error) -> StoreError {
+    StoreError::new(e)
+}
+
+fn int(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn uint(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+impl PostgresStore {
+    /// Connect to the database at `url` (a libpq connection string or
+    /// `postgresql://` URL), creating or checking the schema.
+    pub fn connect(url: &str) -> Result<Self, StoreError> {
+        let config: postgres::Config = url
+            .parse()
+            .map_err(|e| StoreError::new(format!("invalid PostgreSQL URL: {e}")))?;
+        let store = Self {
+            config,
+            pool: Mutex::new(Vec::new()),
+        };
+        let mut client = store.open()?;
+        let mut tx = client.transaction().map_err(err)?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK])
+            .map_err(err)?;
+        tx.batch_execute(SCHEMA).map_err(err)?;
+        let version: Option<i32> = tx
+            .query_opt("SELECT version FROM mxpolicy_schema", &[])
+            .map_err(err)?
+            .map(|r| r.get(0));
+        match version {
+            None => {
+                tx.execute(
+                    "INSERT INTO mxpolicy_schema (version) VALUES ($1)",
+                    &[&SCHEMA_VERSION],
+                )
+                .map_err(err)?;
+            }
+            Some(SCHEMA_VERSION) => {}
+            Some(other) => {
+                return Err(StoreError::new(format!(
+                    "database schema version {other}, this build reads version {SCHEMA_VERSION}"
+                )));
+            }
+        }
+        tx.commit().map_err(err)?;
+        store.put(client);
+        Ok(store)
+    }
+
+    fn open(&self) -> Result<Client, StoreError> {
+        self.config
+            .connect(NoTls)
+            .map_err(|e| StoreError::new(format!("cannot connect to PostgreSQL: {e}")))
+    }
+
+    fn pool(&self) -> MutexGuard<'_, Vec<Client>> {
+        self.pool.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn put(&self, client: Client) {
+        let mut pool = self.pool();
+        if pool.len() < 8 && !client.is_closed() {
+            pool.push(client);
+        }
+    }
+
+    /// Run `f` on a pooled connection; a connection whose operation failed is not reused.
+    fn with<T>(
+        &self,
+        f: impl FnOnce(&mut Client) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let pooled = self.pool().pop();
+        let mut client = match pooled {
+            Some(c) => c,
+            None => self.open()?,
+        };
+        let result = f(&mut client);
+        if result.is_ok() || client.is_valid(std::time::Duration::from_secs(1)).is_ok() {
+            self.put(client);
+        }
+        result
+    }
+}
+
+fn list(
+    db: &mut impl GenericClient,
+    plugin: &str,
+    prefix: &str,
+    limit: usize,
+) -> Result<Vec<String>, StoreError> {
+    let rows = db
+        .query(
+            "SELECT key FROM mxpolicy_kv WHERE plugin = $1 AND key >= $2 ORDER BY key LIMIT $3",
+            &[&plugin, &prefix, &int(limit as u64)],
+        )
+        .map_err(err)?;
+    Ok(rows
+        .iter()
+        .map(|r| r.get::<_, String>(0))
+        .take_while(|k| k.starts_with(prefix))
+        .collect())
+}
+
+fn timer_from(plugin: &str, r: &postgres::Row) -> Timer {
+    Timer {
+        plugin: plugin.to_owned(),
+        id: r.get(0),
+        due_ms: uint(r.get(1)),
+        payload: r.get(2),
+        attempts: u32::try_from(r.get::<_, i32>(3)).unwrap_or(0),
+    }
+}
+
+impl StateStore for PostgresStore {
+    fn get(&self, plugin: &str, key: &str) -> Result<Option<Entry>, StoreError> {
+        self.with(|db| {
+            Ok(db
+                .query_opt(
+                    "SELECT value, version FROM mxpolicy_kv WHERE plugin = $1 AND key = $2",
+                    &[&plugin, &key],
+                )
+                .map_err(err)?
+                .map(|r| Entry {
+                    value: r.get(0),
+                    version: uint(r.get(1)),
+                }))
+        })
+    }
+
+    fn list(&self, plugin: &str, prefix: &str, limit: usize) -> Result<Vec<String>, StoreError> {
+        self.with(|db| list(db, plugin, prefix, limit))
+    }
+
+    fn timer(&self, plugin: &str, id: &str) -> Result<Option<Timer>, StoreError> {
+        self.with(|db| {
+            Ok(db
+                .query_opt(
+                    "SELECT id, due_ms, payload, attempts FROM mxpolicy_timers \
+                     WHERE plugin = $1 AND id = $2",
+                    &[&plugin, &id],
+                )
+                .map_err(err)?
+                .map(|r| timer_from(plugin, &r)))
+        })
+    }
+
+    fn due_timers(
+        &self,
+        now_ms: u64,
+        plugins: &[&str],
+        limit: usize,
+    ) -> Result<Vec<Timer>, StoreError> {
+        self.with(|db| {
+            let mut due = Vec::new();
+            for plugin in plugins {
+                let rows = db
+                    .query(
+                        "SELECT id, due_ms, payload, attempts FROM mxpolicy_timers \
+                         WHERE plugin = $1 AND due_ms <= $2 ORDER BY due_ms, id LIMIT $3",
+                        &[plugin, &int(now_ms), &int(limit as u64)],
+                    )
+                    .map_err(err)?;
+                due.extend(rows.iter().map(|r| timer_from(plugin, r)));
+            }
+            due.sort_by(|a, b| (a.due_ms, &a.plugin, &a.id).cmp(&(b.due_ms, &b.plugin, &b.id)));
+            due.truncate(limit);
+            Ok(due)
+        })
+    }
+
+    fn commit(&self, plugin: &str, txn: &Transaction, quota: &Quota) -> Result<(), StoreError> {
+        self.with(|db| {
+            let mut tx = db.transaction().map_err(err)?;
+            tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&plugin])
+                .map_err(err)?;
+            for (key, seen) in &txn.reads {
+                let now: Option<i64> = tx
+                    .query_opt(
+                        "SELECT version FROM mxpolicy_kv WHERE plugin = $1 AND key = $2",
+                        &[&plugin, key],
+                    )
+                    .map_err(err)?
+                    .map(|r| r.get(0));
+                if now.map_or(0, uint) != *seen {
+                    return Err(StoreError::new(Conflict { key: key.clone() }));
+                }
+            }
+            for read in &txn.lists {
+                if list(&mut tx, plugin, &read.prefix, read.limit)? != read.keys {
+                    return Err(StoreError::new(Conflict {
+                        key: format!("{}*", read.prefix),
+                    }));
+                }
+            }
+            let before = tx
+                .query_opt(
+                    "SELECT keys, bytes, timers FROM mxpolicy_usage WHERE plugin = $1",
+                    &[&plugin],
+                )
+                .map_err(err)?
+                .map_or((0, 0, 0), |r| {
+                    (
+                        uint(r.get::<_, i64>(0)),
+                        uint(r.get::<_, i64>(1)),
+                        uint(r.get::<_, i64>(2)),
+                    )
+                });
+            let mut after = before;
+            for (key, value) in &txn.changes.kv {
+                let old: Option<i32> = tx
+                    .query_opt(
+                        "SELECT length(value) FROM mxpolicy_kv WHERE plugin = $1 AND key = $2",
+                        &[&plugin, key],
+                    )
+                    .map_err(err)?
+                    .map(|r| r.get(0));
+                if let Some(len) = old {
+                    after.0 -= 1;
+                    after.1 -= entry_bytes(key, &[]) + u64::try_from(len).unwrap_or(0);
+                }
+                if let Some(new) = value {
+                    after.0 += 1;
+                    after.1 += entry_bytes(key, new);
+                }
+            }
+            for (id, timer) in &txn.changes.timers {
+                let exists = tx
+                    .query_opt(
+                        "SELECT 1 FROM mxpolicy_timers WHERE plugin = $1 AND id = $2",
+                        &[&plugin, id],
+                    )
+                    .map_err(err)?
+                    .is_some();
+                if exists {
+                    after.2 -= 1;
+                }
+                if timer.is_some() {
+                    after.2 += 1;
+                }
+            }
+            for (what, used, was, limit) in [
+                ("keys", after.0, before.0, quota.max_keys),
+                ("bytes", after.1, before.1, quota.max_bytes),
+                ("timers", after.2, before.2, quota.max_timers),
+            ] {
+                if used > limit && used > was {
+                    return Err(StoreError::new(QuotaExceeded { what, used, limit }));
+                }
+            }
+            for (key, value) in &txn.changes.kv {
+                match value {
+                    Some(v) => tx.execute(
+                        "INSERT INTO mxpolicy_kv (plugin, key, value, version) \
+                         VALUES ($1, $2, $3, nextval('mxpolicy_versions')) \
+                         ON CONFLICT (plugin, key) DO UPDATE SET value = EXCLUDED.value, \
+                         version = EXCLUDED.version",
+                        &[&plugin, key, v],
+                    ),
+                    None => tx.execute(
+                        "DELETE FROM mxpolicy_kv WHERE plugin = $1 AND key = $2",
+                        &[&plugin, key],
+                    ),
+                }
+                .map_err(err)?;
+            }
+            for (id, timer) in &txn.changes.timers {
+                match timer {
+                    Some(ScheduledTimer {
+                        due_ms,
+                        payload,
+                        attempts,
+                    }) => tx.execute(
+                        "INSERT INTO mxpolicy_timers (plugin, id, due_ms, payload, attempts) \
+                         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (plugin, id) DO UPDATE SET \
+                         due_ms = EXCLUDED.due_ms, payload = EXCLUDED.payload, \
+                         attempts = EXCLUDED.attempts",
+                        &[
+                            &plugin,
+                            id,
+                            &int(*due_ms),
+                            payload,
+                            &i32::try_from(*attempts).unwrap_or(i32::MAX),
+                        ],
+                    ),
+                    None => tx.execute(
+                        "DELETE FROM mxpolicy_timers WHERE plugin = $1 AND id = $2",
+                        &[&plugin, id],
+                    ),
+                }
+                .map_err(err)?;
+            }
+            tx.execute(
+                "INSERT INTO mxpolicy_usage (plugin, keys, bytes, timers) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (plugin) DO UPDATE SET keys = EXCLUDED.keys, \
+                 bytes = EXCLUDED.bytes, timers = EXCLUDED.timers",
+                &[&plugin, &int(after.0), &int(after.1), &int(after.2)],
+            )
+            .map_err(err)?;
+            tx.commit().map_err(err)
+        })
+    }
+}
