@@ -58,6 +58,10 @@ impl Generation {
 /// Most due timers one [`Host::run_timers`] pass fires by default. With the 64 KiB cap on
 /// a timer's payload this also bounds the payload bytes a pass holds (16 MiB).
 pub const DEFAULT_TIMERS_PER_PASS: usize = 256;
+/// How long a claimed timer is leased to the process handling it: twice the longest deadline
+/// a call may have. Past it, a timer whose handler never committed (the process died) is
+/// claimed again.
+pub const TIMER_LEASE_MS: u64 = 120_000;
 /// Failed attempts after which a timer is given up (removed, reported and counted).
 pub const MAX_TIMER_ATTEMPTS: u32 = 10;
 /// Delay before the first retry of a failed timer; each further retry waits four times
@@ -715,7 +719,12 @@ impl Host {
         if names.is_empty() {
             return Ok(decision);
         }
-        let due = self.state.due_timers(now, &names, self.timers_per_pass)?;
+        // Leased for twice the longest deadline a call may have: only a process that died
+        // mid-way leaves a lease to expire, and its timers are then claimed again.
+        let lease_until = now.saturating_add(TIMER_LEASE_MS);
+        let due = self
+            .state
+            .claim_timers(now, &names, self.timers_per_pass, lease_until)?;
         for timer in due {
             let Some(plugin) = chain.find(&timer.plugin, Hook::OnTimer) else {
                 continue;

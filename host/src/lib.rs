@@ -94,7 +94,7 @@ pub use homeserver::Homeserver;
 pub use homeserver::MemoryHomeserver;
 pub use host::{
     DEFAULT_TIMERS_PER_PASS, Host, HostBuilder, Inspection, MAX_TIMER_ATTEMPTS, PluginReport,
-    TIMER_RETRY_BASE_MS, TIMER_RETRY_MAX_MS,
+    TIMER_LEASE_MS, TIMER_RETRY_BASE_MS, TIMER_RETRY_MAX_MS,
 };
 pub use json::DEFAULT_MAX_CONTENT_DEPTH;
 /// ruma is part of this crate's API: every id in the hook types is a ruma id, and events are

@@ -46,13 +46,15 @@ impl StateStore for FlakyStore {
     fn timer(&self, plugin: &str, id: &str) -> Result<Option<Timer>, StoreError> {
         self.inner.timer(plugin, id)
     }
-    fn due_timers(
+    fn claim_timers(
         &self,
         now_ms: u64,
         plugins: &[&str],
         limit: usize,
+        lease_until_ms: u64,
     ) -> Result<Vec<Timer>, StoreError> {
-        self.inner.due_timers(now_ms, plugins, limit)
+        self.inner
+            .claim_timers(now_ms, plugins, limit, lease_until_ms)
     }
     fn commit(&self, plugin: &str, txn: &Transaction, quota: &Quota) -> Result<(), StoreError> {
         if self.fail_commits.load(Ordering::SeqCst) {

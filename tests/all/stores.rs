@@ -204,8 +204,9 @@ fn timers_are_due_in_order_per_plugin_and_paged(s: &dyn StateStore) {
     c.timers.insert("b1".into(), timer(15));
     s.commit("b", &Transaction::writes(c), &ANY).unwrap();
 
+    // A lease that has already ended leaves every timer claimable again at once.
     let ids = |now, plugins: &[&str], limit| -> Vec<String> {
-        s.due_timers(now, plugins, limit)
+        s.claim_timers(now, plugins, limit, 0)
             .unwrap()
             .into_iter()
             .map(|t| t.id)
@@ -228,6 +229,33 @@ fn timers_are_due_in_order_per_plugin_and_paged(s: &dyn StateStore) {
     s.commit("a", &Transaction::writes(c), &ANY).unwrap();
     assert_eq!(ids(35, &["a"], 10), ["late"]);
     assert_eq!(s.timer("a", "early").unwrap(), None);
+}
+
+fn claimed_timers_are_leased_until_written_or_expired(s: &dyn StateStore) {
+    let mut c = Changes::default();
+    c.timers.insert("t1".into(), timer(10));
+    c.timers.insert("t2".into(), timer(10));
+    s.commit("a", &Transaction::writes(c), &ANY).unwrap();
+    let claim = |now, lease| -> Vec<String> {
+        s.claim_timers(now, &["a"], 10, lease)
+            .unwrap()
+            .into_iter()
+            .map(|t| t.id)
+            .collect()
+    };
+    assert_eq!(claim(10, 100), ["t1", "t2"]);
+    // Leased: nobody claims them again before the lease ends.
+    assert!(claim(50, 200).is_empty());
+    // t1's handler commits (cancels it); t2's handler died: its lease expires.
+    let mut done = Changes::default();
+    done.timers.insert("t1".into(), None);
+    s.commit("a", &Transaction::writes(done), &ANY).unwrap();
+    assert_eq!(claim(100, 300), ["t2"]);
+    // Rescheduling a leased timer ends its lease.
+    let mut again = Changes::default();
+    again.timers.insert("t2".into(), timer(150));
+    s.commit("a", &Transaction::writes(again), &ANY).unwrap();
+    assert_eq!(claim(150, 400), ["t2"]);
 }
 
 macro_rules! conformance {
@@ -275,7 +303,45 @@ conformance!(
     absent_reads_and_listings_are_validated,
     quotas_refuse_growth_atomically_and_allow_deletes,
     timers_are_due_in_order_per_plugin_and_paged,
+    claimed_timers_are_leased_until_written_or_expired,
 );
+
+#[test]
+fn postgres_timers_are_claimed_once_by_concurrent_processes() {
+    let Some(url) = postgres_schema("claims") else {
+        return;
+    };
+    let setup = PostgresStore::connect(&url).unwrap();
+    let mut c = Changes::default();
+    for i in 0..200 {
+        c.timers.insert(format!("t{i:03}"), timer(1));
+    }
+    setup.commit("a", &Transaction::writes(c), &ANY).unwrap();
+    // Four "processes" claim in small pages at once: every timer is claimed exactly once.
+    let claimers: Vec<_> = (0..4)
+        .map(|_| {
+            let url = url.clone();
+            std::thread::spawn(move || {
+                let store = PostgresStore::connect(&url).unwrap();
+                let mut mine = Vec::new();
+                loop {
+                    let page = store.claim_timers(10, &["a"], 7, 1_000).unwrap();
+                    if page.is_empty() {
+                        return mine;
+                    }
+                    mine.extend(page.into_iter().map(|t| t.id));
+                }
+            })
+        })
+        .collect();
+    let mut all: Vec<String> = claimers
+        .into_iter()
+        .flat_map(|c| c.join().unwrap())
+        .collect();
+    all.sort();
+    let expected: Vec<String> = (0..200).map(|i| format!("t{i:03}")).collect();
+    assert_eq!(all, expected);
+}
 
 #[test]
 fn sqlite_keeps_commits_across_reopening() {

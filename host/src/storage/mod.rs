@@ -182,14 +182,20 @@ pub trait StateStore: Send + Sync {
     fn list(&self, plugin: &str, prefix: &str, limit: usize) -> Result<Vec<String>, StoreError>;
     /// The timer `id` of `plugin`, if scheduled.
     fn timer(&self, plugin: &str, id: &str) -> Result<Option<Timer>, StoreError>;
-    /// At most `limit` timers of the given plugins due at `now_ms` (due time at or before
-    /// it), ordered by due time, then plugin, then id. Timers of other plugins are skipped
-    /// without counting against `limit`.
-    fn due_timers(
+    /// Claim at most `limit` timers of the given plugins that are due at `now_ms` (due time
+    /// at or before it) and not leased, ordered by due time, then plugin, then id; timers of
+    /// other plugins are skipped without counting against `limit`. Each claimed timer is
+    /// leased until `lease_until_ms`: no other caller, in this process or another sharing the
+    /// store, claims it before then. The lease ends when a commit writes or cancels the timer
+    /// (the normal end of its handling), or when it expires because the process handling it
+    /// died: the timer is then claimed again. Timers fire at least once, exactly once unless
+    /// a process dies mid-way.
+    fn claim_timers(
         &self,
         now_ms: u64,
         plugins: &[&str],
         limit: usize,
+        lease_until_ms: u64,
     ) -> Result<Vec<Timer>, StoreError>;
     /// Apply one call's transaction atomically: nothing of it if a key it read has another
     /// version now or a listing would answer differently (a [`StoreError`] wrapping

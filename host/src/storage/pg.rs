@@ -37,6 +37,7 @@ CREATE TABLE IF NOT EXISTS mxpolicy_timers (
     due_ms BIGINT NOT NULL,
     payload BYTEA NOT NULL,
     attempts INTEGER NOT NULL,
+    lease_until BIGINT NOT NULL DEFAULT 0,
     PRIMARY KEY (plugin, id)
 );
 CREATE INDEX IF NOT EXISTS mxpolicy_timers_due ON mxpolicy_timers (plugin, due_ms, id);
@@ -211,26 +212,37 @@ impl StateStore for PostgresStore {
         })
     }
 
-    fn due_timers(
+    fn claim_timers(
         &self,
         now_ms: u64,
         plugins: &[&str],
         limit: usize,
+        lease_until_ms: u64,
     ) -> Result<Vec<Timer>, StoreError> {
         self.with(|db| {
-            let mut due = Vec::new();
-            for plugin in plugins {
-                let rows = db
-                    .query(
-                        "SELECT id, due_ms, payload, attempts FROM mxpolicy_timers \
-                         WHERE plugin = $1 AND due_ms <= $2 ORDER BY due_ms, id LIMIT $3",
-                        &[plugin, &int(now_ms), &int(limit as u64)],
-                    )
-                    .map_err(err)?;
-                due.extend(rows.iter().map(|r| timer_from(plugin, r)));
-            }
+            // `FOR UPDATE SKIP LOCKED`: concurrent claimers in other processes skip the rows
+            // this one is leasing instead of waiting for them or taking them too.
+            let rows = db
+                .query(
+                    "UPDATE mxpolicy_timers t SET lease_until = $4 FROM ( \
+                         SELECT plugin, id FROM mxpolicy_timers \
+                         WHERE plugin = ANY($1) AND due_ms <= $2 AND lease_until <= $2 \
+                         ORDER BY due_ms, plugin, id LIMIT $3 FOR UPDATE SKIP LOCKED) c \
+                     WHERE t.plugin = c.plugin AND t.id = c.id \
+                     RETURNING t.id, t.due_ms, t.payload, t.attempts, t.plugin",
+                    &[
+                        &plugins,
+                        &int(now_ms),
+                        &int(limit as u64),
+                        &int(lease_until_ms),
+                    ],
+                )
+                .map_err(err)?;
+            let mut due: Vec<Timer> = rows
+                .iter()
+                .map(|r| timer_from(r.get::<_, &str>(4), r))
+                .collect();
             due.sort_by(|a, b| (a.due_ms, &a.plugin, &a.id).cmp(&(b.due_ms, &b.plugin, &b.id)));
-            due.truncate(limit);
             Ok(due)
         })
     }
@@ -340,7 +352,7 @@ impl StateStore for PostgresStore {
                         "INSERT INTO mxpolicy_timers (plugin, id, due_ms, payload, attempts) \
                          VALUES ($1, $2, $3, $4, $5) ON CONFLICT (plugin, id) DO UPDATE SET \
                          due_ms = EXCLUDED.due_ms, payload = EXCLUDED.payload, \
-                         attempts = EXCLUDED.attempts",
+                         attempts = EXCLUDED.attempts, lease_until = 0",
                         &[
                             &plugin,
                             id,

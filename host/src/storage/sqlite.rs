@@ -36,6 +36,7 @@ CREATE TABLE IF NOT EXISTS mxpolicy_timers (
     due_ms INTEGER NOT NULL,
     payload BLOB NOT NULL,
     attempts INTEGER NOT NULL,
+    lease_until INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (plugin, id)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS mxpolicy_timers_due ON mxpolicy_timers (plugin, due_ms, id);
@@ -228,32 +229,54 @@ impl StateStore for SqliteStore {
         })
     }
 
-    fn due_timers(
+    fn claim_timers(
         &self,
         now_ms: u64,
         plugins: &[&str],
         limit: usize,
+        lease_until_ms: u64,
     ) -> Result<Vec<Timer>, StoreError> {
         self.with(|conn| {
-            let mut stmt = conn
-                .prepare_cached(
-                    "SELECT id, due_ms, payload, attempts FROM mxpolicy_timers \
-                     WHERE plugin = ?1 AND due_ms <= ?2 ORDER BY due_ms, id LIMIT ?3",
-                )
+            // One writer transaction: select and lease together, so two processes sharing the
+            // file never claim the same timer.
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(err)?;
             let mut due = Vec::new();
-            for plugin in plugins {
-                let rows = stmt
-                    .query_map(params![plugin, int(now_ms), int(limit as u64)], |r| {
-                        timer_row(plugin, r)
-                    })
+            {
+                let mut stmt = tx
+                    .prepare_cached(
+                        "SELECT id, due_ms, payload, attempts FROM mxpolicy_timers \
+                         WHERE plugin = ?1 AND due_ms <= ?2 AND lease_until <= ?2 \
+                         ORDER BY due_ms, id LIMIT ?3",
+                    )
                     .map_err(err)?;
-                for timer in rows {
-                    due.push(timer.map_err(err)?);
+                for plugin in plugins {
+                    let rows = stmt
+                        .query_map(params![plugin, int(now_ms), int(limit as u64)], |r| {
+                            timer_row(plugin, r)
+                        })
+                        .map_err(err)?;
+                    for timer in rows {
+                        due.push(timer.map_err(err)?);
+                    }
                 }
             }
             due.sort_by(|a, b| (a.due_ms, &a.plugin, &a.id).cmp(&(b.due_ms, &b.plugin, &b.id)));
             due.truncate(limit);
+            {
+                let mut lease = tx
+                    .prepare_cached(
+                        "UPDATE mxpolicy_timers SET lease_until = ?3 WHERE plugin = ?1 AND id = ?2",
+                    )
+                    .map_err(err)?;
+                for t in &due {
+                    lease
+                        .execute(params![t.plugin, t.id, int(lease_until_ms)])
+                        .map_err(err)?;
+                }
+            }
+            tx.commit().map_err(err)?;
             Ok(due)
         })
     }
@@ -378,7 +401,7 @@ impl StateStore for SqliteStore {
                             "INSERT INTO mxpolicy_timers (plugin, id, due_ms, payload, attempts) \
                              VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (plugin, id) DO UPDATE SET \
                              due_ms = excluded.due_ms, payload = excluded.payload, \
-                             attempts = excluded.attempts",
+                             attempts = excluded.attempts, lease_until = 0",
                         )
                         .map_err(err)?
                         .execute(params![
