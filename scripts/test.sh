@@ -11,8 +11,25 @@ cargo build -p mxpolicy
 
 cargo fmt --all --check
 cargo clippy --workspace --all-targets -- -D warnings
-cargo clippy --target wasm32-unknown-unknown -p mxpolicy-guest \
-    $(for d in policies/*/ tests/plugins/*/; do printf -- '-p %s ' "$(sed -n 's/^name = "\(.*\)"/\1/p' "$d/Cargo.toml" | head -1)"; done) \
-    -- -D warnings
+# The guest SDK and every plugin crate (as `cargo metadata` lists them: `cargo xtask
+# plugin-packages`), linted for the target they are built for.
+plugin_packages=$(cargo xtask plugin-packages)
+[ -n "$plugin_packages" ] || { echo "cargo xtask plugin-packages found no plugin crate" >&2; exit 1; }
+wasm_packages=(-p mxpolicy-guest)
+for package in $plugin_packages; do
+    wasm_packages+=(-p "$package")
+done
+cargo clippy --target wasm32-unknown-unknown "${wasm_packages[@]}" -- -D warnings
+
+# PostgreSQL for the PostgreSQL store's tests: a throwaway server on loopback, unless
+# MXPOLICY_TEST_POSTGRES already names one. Without PostgreSQL installed those tests say they
+# are skipped; under CI=true they fail instead.
+if [ -z "${MXPOLICY_TEST_POSTGRES:-}" ] && ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1; then
+    pg_dir=$(mktemp -d /tmp/mxpolicy-pg.XXXXXX)
+    chmod 755 "$pg_dir"
+    trap 'scripts/postgres.sh stop "$pg_dir/cluster"; rm -rf "$pg_dir"' EXIT
+    MXPOLICY_TEST_POSTGRES=$(scripts/postgres.sh start "$pg_dir/cluster")
+    export MXPOLICY_TEST_POSTGRES
+fi
 
 cargo test --workspace

@@ -393,36 +393,24 @@ pub fn subset(out: &mut Vec<Mismatch>, what: &str, expected: &Value, actual: &Va
     }
 }
 
-/// A line diff (longest common subsequence) of two texts: ` ` common, `-` only in `old`,
-/// `+` only in `new`.
+/// A line diff of two texts (the `similar` crate's Myers diff of their lines): `  ` common,
+/// `- ` only in `old`, `+ ` only in `new`, one output line per line of either text. Lines are
+/// those of [`str::lines`], so a final newline or a `\r\n` ending makes no difference.
+/// (The whole texts are shown, without hunk headers, which is why the lines are written here
+/// rather than with `similar`'s unified-diff formatter.)
 pub fn line_diff(old: &str, new: &str) -> String {
     let a: Vec<&str> = old.lines().collect();
     let b: Vec<&str> = new.lines().collect();
-    let (n, m) = (a.len(), b.len());
-    // lcs[i][j]: length of the LCS of a[i..] and b[j..].
-    let mut lcs = vec![vec![0usize; m + 1]; n + 1];
-    for i in (0..n).rev() {
-        for j in (0..m).rev() {
-            lcs[i][j] = if a[i] == b[j] {
-                lcs[i + 1][j + 1] + 1
-            } else {
-                lcs[i + 1][j].max(lcs[i][j + 1])
-            };
-        }
-    }
     let mut out = String::new();
-    let (mut i, mut j) = (0, 0);
-    while i < n || j < m {
-        if i < n && j < m && a[i] == b[j] {
-            out.push_str(&format!("  {}\n", a[i]));
-            i += 1;
-            j += 1;
-        } else if i < n && (j == m || lcs[i + 1][j] >= lcs[i][j + 1]) {
-            out.push_str(&format!("- {}\n", a[i]));
-            i += 1;
-        } else {
-            out.push_str(&format!("+ {}\n", b[j]));
-            j += 1;
+    for op in similar::capture_diff_slices(similar::Algorithm::Myers, &a, &b) {
+        for change in op.iter_changes(&a, &b) {
+            out.push_str(match change.tag() {
+                similar::ChangeTag::Equal => "  ",
+                similar::ChangeTag::Delete => "- ",
+                similar::ChangeTag::Insert => "+ ",
+            });
+            out.push_str(change.value());
+            out.push('\n');
         }
     }
     out
@@ -471,6 +459,9 @@ mod tests {
     fn diff_marks_changed_lines() {
         let d = line_diff("a\nb\nc", "a\nx\nc");
         assert_eq!(d, "  a\n- b\n+ x\n  c\n");
+        assert_eq!(line_diff("a\nb", "b\nc\n"), "- a\n  b\n+ c\n");
+        assert_eq!(line_diff("", "x"), "+ x\n");
+        assert_eq!(line_diff("same\r\n", "same"), "  same\n");
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! - `mxpolicy replay FILE...` runs scenario files (see `cli/README.md`) through the real host
 //!   with a simulated homeserver in front, prints one JSON line per step on stdout and a
 //!   readable diff of every failed expectation on stderr.
+//!   `mxpolicy replay --list-ops` prints the ops a step can use.
 //! - `mxpolicy check PLUGIN... [--config FILE]` loads plugins and describes them.
 //!
 //! Exit status: 0 when everything holds, 1 when an expectation (or an explicit configuration)
@@ -11,7 +12,7 @@
 use std::{io::Write, path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
-use mxpolicy::{check, replay};
+use mxpolicy::{check, replay, scenario};
 
 /// Replay policy scenarios against real plugins, and inspect plugins.
 #[derive(Debug, Parser)]
@@ -30,11 +31,14 @@ enum Command {
     /// expectation holds, 1 when one fails, 2 for bad input.
     Replay {
         /// Scenario files (JSON; regular files of at most 64 MiB).
-        #[arg(required = true)]
+        #[arg(required_unless_present = "list_ops")]
         files: Vec<PathBuf>,
         /// Do not print the JSON lines, only failures and the summary.
         #[arg(short, long)]
         quiet: bool,
+        /// Print the ops a scenario step can use, one per line, and exit.
+        #[arg(long, exclusive = true)]
+        list_ops: bool,
     },
     /// Load plugins and print their name, version, hooks, imports, SHA-256 and whether the
     /// configuration validates.
@@ -65,7 +69,14 @@ fn main() -> ExitCode {
     let stdout = std::io::stdout();
     let stderr = std::io::stderr();
     let code = match cli.command {
-        Command::Replay { files, quiet } => {
+        Command::Replay { list_ops: true, .. } => {
+            let mut out = stdout.lock();
+            let listed = scenario::OPS
+                .iter()
+                .try_for_each(|op| writeln!(out, "{op}"));
+            if listed.is_ok() { 0 } else { 2 }
+        }
+        Command::Replay { files, quiet, .. } => {
             let mut out = stdout.lock();
             let mut err = stderr.lock();
             replay_files(&files, quiet, &mut out, &mut err)

@@ -11,11 +11,9 @@ use mxpolicy_host::{
     FailurePolicy, HistoryVisibility, Hook, InstanceMode, UserKind,
     ruma::{OwnedMxcUri, OwnedRoomId, OwnedServerName, OwnedUserId},
 };
-use serde::{
-    Deserialize, Deserializer,
-    de::{SeqAccess, Visitor},
-};
-use serde_json::{Map, Value};
+use serde::{Deserialize, de::IgnoredAny};
+use serde_json::{Map, Value, value::RawValue};
+use serde_path_to_error::Segment;
 
 use crate::expect::Expect;
 
@@ -25,23 +23,18 @@ use crate::expect::Expect;
 /// Anything but a regular file (a device, a FIFO, a socket, a directory) is refused too.
 pub const MAX_SCENARIO_BYTES: u64 = 64 << 20;
 
-/// A whole scenario file.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// A whole scenario file, as [`parse`] (or [`load`]) reads it.
+#[derive(Debug)]
 pub struct Scenario {
     /// Free text: what the scenario shows.
-    #[serde(default)]
     pub description: Option<String>,
     /// The simulated homeserver's name. Default `hs.example`.
-    #[serde(default = "default_server_name")]
     pub server_name: OwnedServerName,
     /// The plugin chain, in order.
-    #[serde(default)]
     pub plugins: Vec<PluginEntry>,
     /// The steps, run in order.
-    pub steps: Steps,
-    /// Line and column of each step in the file (filled by [`load`]).
-    #[serde(skip)]
+    pub steps: Vec<Step>,
+    /// Line and column (1-based) of each step in the file.
     pub positions: Vec<(usize, usize)>,
 }
 
@@ -50,6 +43,22 @@ impl Scenario {
     pub fn position(&self, index: usize) -> (usize, usize) {
         self.positions.get(index).copied().unwrap_or((0, 0))
     }
+}
+
+/// The document as serde reads it: every step is kept as its raw text (a slice of the file),
+/// parsed afterwards one by one, so that an error names the step, and so that the step's
+/// line and column come from where serde_json found it in the file.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Document<'a> {
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(default = "default_server_name")]
+    server_name: OwnedServerName,
+    #[serde(default)]
+    plugins: Vec<PluginEntry>,
+    #[serde(borrow)]
+    steps: Vec<&'a RawValue>,
 }
 
 fn default_server_name() -> OwnedServerName {
@@ -93,33 +102,23 @@ pub struct Step {
     pub note: Option<String>,
 }
 
-/// Every op name, in documentation order.
-pub const OPS: &[&str] = &[
-    "clock",
-    "advance",
-    "register",
-    "create_room",
-    "join",
-    "leave",
-    "invite",
-    "consent",
-    "send",
-    "deactivate",
-    "reactivate",
-    "upload",
-    "fetch_media",
-    "client_serve",
-    "federation_serve",
-    "http",
-    "run_timers",
-    "swap",
-    "admin",
-    "inspect",
-];
+/// Every op name as written in scenarios, in documentation order (the order of [`Op`]'s
+/// variants, from which it is derived: an op cannot be missing from this list). The unknown-op
+/// error lists them, and `mxpolicy replay --list-ops` prints them.
+pub const OPS: &[&str] = <Op as strum::VariantNames>::VARIANTS;
 
 /// An operation.
-#[derive(Debug, Deserialize)]
-#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+///
+/// Its serde form is external tagging, `{"send": {"room": ..., ...}}`, not the scenario's
+/// `{"op": "send", "room": ..., ...}`: a step is parsed by this module, which moves the `op`
+/// key outside. The reason is the error messages: `serde_path_to_error` can only follow the
+/// fields of an externally tagged enum (an internally tagged one is buffered before its
+/// fields are read, so an error in them has no path), and with it a type error names the
+/// field (`` `ms`: invalid type ``). The names of the ops, for serde and for [`OPS`] and
+/// [`Op::name`] (strum), both come from the variant names in snake_case.
+#[derive(Debug, Deserialize, strum::IntoStaticStr, strum::VariantNames)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+#[strum(serialize_all = "snake_case")]
 pub enum Op {
     /// Set the clock.
     Clock {
@@ -296,8 +295,9 @@ pub enum Op {
         #[serde(default)]
         headers: BTreeMap<String, String>,
     },
-    /// Fire every timer due now.
-    RunTimers,
+    /// Fire every timer due now. (A struct variant without fields, so that unknown fields are
+    /// refused as for every other op.)
+    RunTimers {},
     /// Hot-swap a plugin (new build and/or new configuration).
     Swap {
         /// The plugin's name.
@@ -355,70 +355,20 @@ fn empty_object() -> Value {
 impl Op {
     /// The op's name as written in scenarios.
     pub fn name(&self) -> &'static str {
-        match self {
-            Op::Clock { .. } => "clock",
-            Op::Advance { .. } => "advance",
-            Op::Register { .. } => "register",
-            Op::CreateRoom { .. } => "create_room",
-            Op::Join { .. } => "join",
-            Op::Leave { .. } => "leave",
-            Op::Invite { .. } => "invite",
-            Op::Consent { .. } => "consent",
-            Op::Send { .. } => "send",
-            Op::Deactivate { .. } => "deactivate",
-            Op::Reactivate { .. } => "reactivate",
-            Op::Upload { .. } => "upload",
-            Op::FetchMedia { .. } => "fetch_media",
-            Op::ClientServe { .. } => "client_serve",
-            Op::FederationServe { .. } => "federation_serve",
-            Op::Http { .. } => "http",
-            Op::RunTimers => "run_timers",
-            Op::Swap { .. } => "swap",
-            Op::Admin { .. } => "admin",
-            Op::Inspect { .. } => "inspect",
-        }
-    }
-}
-
-/// The steps, parsed one by one so that an error names the step. Parsing goes on past a bad
-/// step only to keep serde's own checks of the rest of the document; the first bad step is kept
-/// in `error` and reported by [`load`] with the step's line and column.
-#[derive(Debug)]
-pub struct Steps(pub Vec<Step>, pub Option<(usize, String)>);
-
-impl<'de> Deserialize<'de> for Steps {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct StepsVisitor;
-        impl<'de> Visitor<'de> for StepsVisitor {
-            type Value = Steps;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a list of steps")
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Steps, A::Error> {
-                let mut steps = Vec::new();
-                let mut error = None;
-                let mut index = 0;
-                while let Some(raw) = seq.next_element::<Map<String, Value>>()? {
-                    if error.is_none() {
-                        match Step::from_raw(index, raw) {
-                            Ok(step) => steps.push(step),
-                            Err(e) => error = Some((index, e)),
-                        }
-                    }
-                    index += 1;
-                }
-                Ok(Steps(steps, error))
-            }
-        }
-        deserializer.deserialize_seq(StepsVisitor)
+        self.into()
     }
 }
 
 impl Step {
-    /// Parse one step object; errors name the step and its op.
-    fn from_raw(index: usize, mut raw: Map<String, Value>) -> Result<Step, String> {
-        let op = match raw.get("op") {
-            Some(Value::String(op)) => op.clone(),
+    /// Parse one step object; errors name the step, its op, and the path of the offending key.
+    fn from_value(index: usize, value: Value) -> Result<Step, String> {
+        let Value::Object(mut raw) = value else {
+            return Err(format!(
+                "step {index}: a step is a JSON object with an `op`, not {value}"
+            ));
+        };
+        let op = match raw.remove("op") {
+            Some(Value::String(op)) => op,
             Some(other) => return Err(format!("step {index}: `op` must be a string, not {other}")),
             None => {
                 return Err(format!(
@@ -443,7 +393,12 @@ impl Step {
             None | Some(Value::Null) => None,
             Some(v) => {
                 let e: Expect =
-                    serde_json::from_value(v).map_err(|e| format!("{at}: expect: {e}"))?;
+                    serde_path_to_error::deserialize(v).map_err(|e| {
+                        match path_text(e.path().iter()) {
+                            Some(path) => format!("{at}: `expect.{path}`: {}", e.inner()),
+                            None => format!("{at}: expect: {}", e.inner()),
+                        }
+                    })?;
                 e.check_applies_to(&op).map_err(|e| format!("{at}: {e}"))?;
                 Some(e)
             }
@@ -451,14 +406,51 @@ impl Step {
         if let Some(bad) = bad_id(&raw) {
             return Err(format!("{at}: {bad}"));
         }
-        let op: Op =
-            serde_json::from_value(Value::Object(raw)).map_err(|e| format!("{at}: {e}"))?;
+        let tagged = Value::Object(Map::from_iter([(op, Value::Object(raw))]));
+        let op: Op = serde_path_to_error::deserialize(tagged).map_err(|e| {
+            // The first segment is the variant (the op), already named by `at`.
+            match path_text(e.path().iter().skip(1)) {
+                Some(path) => format!("{at}: `{path}`: {}", e.inner()),
+                None => format!("{at}: {}", e.inner()),
+            }
+        })?;
         Ok(Step { op, expect, note })
     }
 }
 
-/// The first id field of a step that does not parse, explained with the field's name (ruma's
-/// own errors do not name the field).
+/// A path into the JSON document as text (`plugins[0].deadline_ms`), or `None` when empty.
+/// (`serde_path_to_error::Path` prints an empty path as `.`, and a path cannot be sliced.) A
+/// key that is not a string (an error in a map key typed as an enum, such as a hook name) is
+/// `?` inside the path and left out at its end, where the message names it.
+fn path_text<'a>(segments: impl Iterator<Item = &'a Segment>) -> Option<String> {
+    let mut segments: Vec<&Segment> = segments.collect();
+    while segments
+        .last()
+        .is_some_and(|s| matches!(s, Segment::Unknown))
+    {
+        segments.pop();
+    }
+    let mut out = String::new();
+    for segment in segments {
+        let key = match segment {
+            Segment::Seq { index } => {
+                out.push_str(&format!("[{index}]"));
+                continue;
+            }
+            Segment::Map { key } | Segment::Enum { variant: key } => key.as_str(),
+            _ => "?",
+        };
+        if !out.is_empty() {
+            out.push('.');
+        }
+        out.push_str(key);
+    }
+    (!out.is_empty()).then_some(out)
+}
+
+/// The first id field of a step that does not parse, explained with the field's name, the
+/// value and the form expected (ruma's own errors give only the reason, e.g. "invalid leading
+/// sigil").
 fn bad_id(raw: &Map<String, Value>) -> Option<String> {
     use mxpolicy_host::ruma::{MxcUri, RoomId, ServerName, UserId};
     raw.iter().find_map(|(key, value)| {
@@ -483,110 +475,143 @@ fn bad_id(raw: &Map<String, Value>) -> Option<String> {
     })
 }
 
-/// Read and parse a scenario file. Errors say which file, and where: line and column for
-/// malformed JSON, the step index and op for a bad step. A file that is not a regular file,
-/// or is larger than [`MAX_SCENARIO_BYTES`], is refused before it is read.
-pub fn load(path: &Path) -> anyhow::Result<Scenario> {
-    let text = mxpolicy_host::read_bounded_to_string(path, MAX_SCENARIO_BYTES)
-        .map_err(|e| anyhow::anyhow!("{}: cannot read: {e}", path.display()))?;
-    // Syntax first, so malformed JSON is reported as such, with its position.
-    match serde_json::from_str::<Value>(&text) {
-        Err(e) => anyhow::bail!(
-            "{}:{}:{}: malformed JSON: {} (line {}, column {})",
-            path.display(),
-            e.line(),
-            e.column(),
-            strip_position(&e),
-            e.line(),
-            e.column()
-        ),
-        Ok(Value::Object(_)) => {}
-        Ok(_) => anyhow::bail!(
-            "{}:1:1: a scenario is a JSON object with `server_name`, `plugins` and `steps`",
-            path.display()
-        ),
+/// Why a scenario text is refused, and where.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScenarioError {
+    /// Line (1-based) of the error, or of the bad step.
+    pub line: usize,
+    /// Column (1-based).
+    pub column: usize,
+    /// What is wrong, naming the step (index and op) and the path of the key when it can.
+    pub message: String,
+}
+
+impl fmt::Display for ScenarioError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}: {}", self.line, self.column, self.message)
     }
-    let mut scenario = serde_json::from_str::<Scenario>(&text).map_err(|e| {
-        anyhow::anyhow!(
-            "{}:{}:{}: {}",
-            path.display(),
-            e.line(),
-            e.column(),
-            strip_position(&e)
-        )
+}
+
+impl std::error::Error for ScenarioError {}
+
+/// Parse a scenario. Malformed JSON is reported as such with serde_json's line and column;
+/// a key of the wrong type, an unknown key or a missing one with the path of the key
+/// (`serde_path_to_error`) at serde_json's position; a bad step with the step's index, op,
+/// and line and column.
+pub fn parse(text: &str) -> Result<Scenario, ScenarioError> {
+    // Syntax first, so that malformed JSON is reported as such even past a bad key.
+    if let Err(e) = serde_json::from_str::<IgnoredAny>(text) {
+        return Err(ScenarioError {
+            line: e.line(),
+            column: e.column(),
+            message: format!(
+                "malformed JSON: {} (line {}, column {})",
+                strip_position(&e),
+                e.line(),
+                e.column()
+            ),
+        });
+    }
+    if !text.trim_start().starts_with('{') {
+        return Err(ScenarioError {
+            line: 1,
+            column: 1,
+            message: "a scenario is a JSON object with `server_name`, `plugins` and `steps`".into(),
+        });
+    }
+    let document: Document<'_> = serde_path_to_error::deserialize(
+        &mut serde_json::Deserializer::from_str(text),
+    )
+    .map_err(|e| {
+        let path = path_text(e.path().iter());
+        let inner = e.into_inner();
+        ScenarioError {
+            line: inner.line(),
+            column: inner.column(),
+            message: match path {
+                Some(path) => format!("`{path}`: {}", strip_position(&inner)),
+                None => strip_position(&inner),
+            },
+        }
     })?;
-    scenario.positions = step_positions(&text);
-    if let Some((index, message)) = &scenario.steps.1 {
-        let (line, column) = scenario.position(*index);
-        anyhow::bail!("{}:{line}:{column}: {message}", path.display());
+    let mut positions = Positions::new(text);
+    let mut scenario = Scenario {
+        description: document.description,
+        server_name: document.server_name,
+        plugins: document.plugins,
+        steps: Vec::with_capacity(document.steps.len()),
+        positions: Vec::with_capacity(document.steps.len()),
+    };
+    for (index, raw) in document.steps.into_iter().enumerate() {
+        let (line, column) = positions.of(raw.get());
+        scenario.positions.push((line, column));
+        // The step's text is a slice of valid JSON: it parses.
+        let value = serde_json::from_str(raw.get()).unwrap_or(Value::Null);
+        let step = Step::from_value(index, value).map_err(|message| ScenarioError {
+            line,
+            column,
+            message,
+        })?;
+        scenario.steps.push(step);
     }
     Ok(scenario)
 }
 
-/// Line and column (1-based) where each element of the top-level `steps` array starts. The
-/// text is known to be valid JSON.
-fn step_positions(text: &str) -> Vec<(usize, usize)> {
-    let mut out = Vec::new();
-    let (mut line, mut column) = (1, 0);
-    let mut depth = 0usize;
-    let mut in_string = false;
-    let mut escaped = false;
-    let mut string = String::new();
-    let mut last_key = String::new();
-    let mut in_steps = false;
-    let mut expect_element = false;
-    for c in text.chars() {
-        if c == '\n' {
-            line += 1;
-            column = 0;
-            continue;
-        }
-        column += 1;
-        if in_string {
-            if escaped {
-                escaped = false;
-            } else if c == '\\' {
-                escaped = true;
-            } else if c == '"' {
-                in_string = false;
-                if depth == 1 {
-                    last_key = std::mem::take(&mut string);
-                }
-            } else if depth == 1 {
-                string.push(c);
-            }
-            continue;
-        }
-        if in_steps && depth == 2 && expect_element && !c.is_whitespace() && c != ']' {
-            out.push((line, column));
-            expect_element = false;
-        }
-        match c {
-            '"' => {
-                in_string = true;
-                string.clear();
-            }
-            '{' | '[' => {
-                depth += 1;
-                if c == '[' && depth == 2 && last_key == "steps" {
-                    in_steps = true;
-                    expect_element = true;
-                }
-            }
-            '}' | ']' => {
-                depth = depth.saturating_sub(1);
-                if depth < 2 {
-                    in_steps = false;
-                }
-            }
-            ',' if in_steps && depth == 2 => expect_element = true,
-            _ => {}
-        }
-    }
-    out
+/// Read and parse a scenario file. Errors say which file, and where (see [`parse`]). A file
+/// that is not a regular file, or is larger than [`MAX_SCENARIO_BYTES`], is refused before it
+/// is read.
+pub fn load(path: &Path) -> anyhow::Result<Scenario> {
+    let text = mxpolicy_host::read_bounded_to_string(path, MAX_SCENARIO_BYTES)
+        .map_err(|e| anyhow::anyhow!("{}: cannot read: {e}", path.display()))?;
+    parse(&text).map_err(|e| anyhow::anyhow!("{}:{e}", path.display()))
 }
 
-/// serde_json's message without its trailing " at line L column C".
+/// Line and column of slices of a text, for slices asked in increasing order (each step once:
+/// linear in the text, however many steps). serde_json finds each step (its `RawValue` is a
+/// slice of the text) but reports positions only in its errors, so counting the lines up to
+/// the slice is left to this small counter.
+struct Positions<'a> {
+    text: &'a str,
+    offset: usize,
+    line: usize,
+    column: usize,
+}
+
+impl<'a> Positions<'a> {
+    fn new(text: &'a str) -> Self {
+        Positions {
+            text,
+            offset: 0,
+            line: 1,
+            column: 1,
+        }
+    }
+
+    /// Line and column (1-based, in characters) where `slice`, a part of the text (serde_json
+    /// borrows each raw step from it), starts; `(0, 0)` if it is not a part of the text.
+    fn of(&mut self, slice: &str) -> (usize, usize) {
+        let start = slice
+            .as_ptr()
+            .addr()
+            .wrapping_sub(self.text.as_ptr().addr());
+        let Some(skipped) = self.text.get(self.offset..start) else {
+            return (0, 0);
+        };
+        for c in skipped.chars() {
+            if c == '\n' {
+                self.line += 1;
+                self.column = 1;
+            } else {
+                self.column += 1;
+            }
+        }
+        self.offset = start;
+        (self.line, self.column)
+    }
+}
+
+/// serde_json's message without its trailing " at line L column C" (serde_json has no accessor
+/// for the bare message; the position is reported in front, as `file:line:column:`).
 fn strip_position(e: &serde_json::Error) -> String {
     let text = e.to_string();
     match text.rfind(" at line ") {
@@ -599,18 +624,23 @@ fn strip_position(e: &serde_json::Error) -> String {
 mod tests {
     use super::*;
 
-    fn parse(text: &str) -> Result<Scenario, String> {
-        let s = serde_json::from_str::<Scenario>(text).map_err(|e| e.to_string())?;
-        match &s.steps.1 {
-            Some((_, e)) => Err(e.clone()),
-            None => Ok(s),
-        }
+    /// The error's text, position included.
+    fn error(text: &str) -> String {
+        parse(text).unwrap_err().to_string()
     }
 
     #[test]
     fn step_positions_point_at_each_step() {
-        let text = "{\"note\": \"[\\\" {\",\n \"steps\": [\n  {\"op\": \"a\", \"x\": [1, {}]},\n  {\"op\": \"b\"}\n]}";
-        assert_eq!(step_positions(text), vec![(3, 3), (4, 3)]);
+        let text = "{\"description\": \"[\\\" {\",\n \"steps\": [\n  {\"op\": \"clock\", \"now_ms\": 1},\n  {\"op\": \"run_timers\", \"note\": \"é\"},   {\"op\": \"run_timers\"}\n]}";
+        let s = parse(text).unwrap();
+        assert_eq!(s.positions, vec![(3, 3), (4, 3), (4, 40)]);
+        assert_eq!(s.position(2), (4, 40), "columns count characters");
+        assert_eq!(s.position(3), (0, 0));
+        // A bad step is reported at its position.
+        let e =
+            parse("{\"steps\": [\n {\"op\": \"clock\", \"now_ms\": 1},\n    {\"op\": \"sned\"}]}")
+                .unwrap_err();
+        assert_eq!((e.line, e.column), (3, 5), "{e}");
     }
 
     #[test]
@@ -628,14 +658,14 @@ mod tests {
         )
         .unwrap();
         assert_eq!(s.server_name, "hs.example");
-        assert_eq!(s.steps.0.len(), 6);
-        assert!(matches!(s.steps.0[4].op, Op::RunTimers));
-        assert_eq!(s.steps.0[4].note.as_deref(), Some("nothing due"));
+        assert_eq!(s.steps.len(), 6);
+        assert!(matches!(s.steps[4].op, Op::RunTimers {}));
+        assert_eq!(s.steps[4].note.as_deref(), Some("nothing due"));
         let Op::Send {
             event_type,
             content,
             ..
-        } = &s.steps.0[3].op
+        } = &s.steps[3].op
         else {
             panic!()
         };
@@ -644,24 +674,120 @@ mod tests {
     }
 
     #[test]
+    fn ops_list_every_variant_under_its_serde_name() {
+        assert_eq!(OPS.len(), 20, "{OPS:?}");
+        assert_eq!(OPS[0], "clock");
+        assert!(OPS.contains(&"run_timers") && OPS.contains(&"fetch_media"));
+        for op in OPS {
+            // Known to serde under the same name: whatever else is wrong, not the variant.
+            let e = serde_json::from_value::<Op>(serde_json::json!({ *op: {} }));
+            if let Err(e) = e {
+                let e = e.to_string();
+                assert!(e.starts_with("missing field"), "{op}: {e}");
+            }
+        }
+        let s = parse(r#"{"steps": [{"op": "run_timers"}, {"op": "advance", "ms": 1}]}"#).unwrap();
+        assert_eq!(s.steps[0].op.name(), "run_timers");
+        assert_eq!(s.steps[1].op.name(), "advance");
+    }
+
+    #[test]
     fn errors_name_the_step() {
-        let e = parse(r#"{"steps": [{"op": "clock", "now_ms": 1}, {"op": "sned"}]}"#).unwrap_err();
+        let e = error(r#"{"steps": [{"op": "clock", "now_ms": 1}, {"op": "sned"}]}"#);
         assert!(
-            e.contains("step 1: unknown op `sned` (valid ops: clock"),
+            e.contains("step 1: unknown op `sned` (valid ops: clock, advance, "),
             "{e}"
         );
-        let e = parse(r#"{"steps": [{"op": "send", "room": "!r:hs.example"}]}"#).unwrap_err();
+        let e = error(r#"{"steps": [{"op": "send", "room": "!r:hs.example"}]}"#);
         assert!(e.contains("step 0 (send): missing field `sender`"), "{e}");
-        let e =
-            parse(r#"{"steps": [{"op": "join", "room": "r:hs", "user": "@a:hs"}]}"#).unwrap_err();
+        let e = error(r#"{"steps": [{"op": "join", "room": "r:hs", "user": "@a:hs"}]}"#);
         assert!(
             e.contains("step 0 (join): `room`: \"r:hs\" is not a room id (!room:server): "),
             "{e}"
         );
-        let e = parse(r#"{"steps": [{"op": "advance", "ms": 1, "mss": 2}]}"#).unwrap_err();
+        let e = error(r#"{"steps": [{"op": "advance", "ms": 1, "mss": 2}]}"#);
         assert!(e.contains("unknown field `mss`"), "{e}");
-        let e = parse(r#"{"steps": [{"op": "advance", "ms": 1, "expect": {"verdicts": []}}]}"#)
-            .unwrap_err();
+        let e = error(r#"{"steps": [{"op": "run_timers", "x": 1}]}"#);
+        assert!(
+            e.contains("step 0 (run_timers): `x`: unknown field `x`"),
+            "{e}"
+        );
+        let e = error(r#"{"steps": [{"op": "advance", "ms": 1, "expect": {"verdicts": []}}]}"#);
         assert!(e.contains("step 0 (advance): expect.verdicts"), "{e}");
+        let e = error(r#"{"steps": [7]}"#);
+        assert_eq!(
+            e,
+            "1:12: step 0: a step is a JSON object with an `op`, not 7"
+        );
+    }
+
+    #[test]
+    fn type_errors_name_the_key() {
+        let e = error(r#"{"steps": [{"op": "advance", "ms": "x"}]}"#);
+        assert_eq!(
+            e,
+            "1:12: step 0 (advance): `ms`: invalid type: string \"x\", expected u64"
+        );
+        let e = error(r#"{"steps": [{"op": "client_serve", "event_ids": ["$a", 3]}]}"#);
+        assert!(
+            e.contains("step 0 (client_serve): `event_ids[1]`: invalid type: integer `3`"),
+            "{e}"
+        );
+        let e = error(
+            r#"{"steps": [{"op": "http", "plugin": "p", "path": "/", "headers": {"a": 1}}]}"#,
+        );
+        assert!(
+            e.contains("step 0 (http): `headers.a`: invalid type"),
+            "{e}"
+        );
+        let e = error(
+            r#"{"steps": [{"op": "send", "room": "!r:hs.example", "sender": "@a:hs.example",
+                           "expect": {"actions": [], "status": "x"}}]}"#,
+        );
+        assert!(
+            e.contains("step 0 (send): `expect.status`: invalid type: string \"x\", expected u16"),
+            "{e}"
+        );
+        let e = error(r#"{"steps": [{"op": "send", "expect": {"verdit": "allow"}}]}"#);
+        assert!(
+            e.contains("step 0 (send): `expect.verdit`: unknown field `verdit`"),
+            "{e}"
+        );
+        // Outside the steps: the path, at serde_json's position.
+        let e = error(
+            "{\"plugins\": [{\"name\": \"x\"}, {\"deadline_ms\": \"slow\"}],\n \"steps\": []}",
+        );
+        assert_eq!(
+            e,
+            "1:50: `plugins[1].deadline_ms`: invalid type: string \"slow\", expected u64"
+        );
+        let e = error(r#"{"server_name": 5, "steps": []}"#);
+        assert!(
+            e.starts_with("1:17: `server_name`: invalid type: integer `5`"),
+            "{e}"
+        );
+        let e = error(r#"{"steps": [], "stepz": []}"#);
+        assert!(e.contains("`stepz`: unknown field `stepz`"), "{e}");
+        let e = error(r#"{"plugins": [{"failure_policy": {"on-sned": "open"}}], "steps": []}"#);
+        assert!(
+            e.contains("`plugins[0].failure_policy`: unknown variant `on-sned`"),
+            "{e}"
+        );
+        let e = error(r#"{"plugins": []}"#);
+        assert!(e.ends_with(": missing field `steps`"), "{e}");
+    }
+
+    #[test]
+    fn malformed_json_is_reported_before_bad_keys() {
+        let e = error("{\"stepz\": 1,\n \"steps\": [}");
+        assert_eq!(
+            e,
+            "2:12: malformed JSON: expected value (line 2, column 12)"
+        );
+        let e = error("[1]");
+        assert_eq!(
+            e,
+            "1:1: a scenario is a JSON object with `server_name`, `plugins` and `steps`"
+        );
     }
 }

@@ -28,14 +28,10 @@ use std::{
 
 use mxpolicy_host::{
     Action, HistoryVisibility, Homeserver, ServeEvent, UserKind, Viewer,
-    ruma::{
-        OwnedRoomId, OwnedServerName, OwnedUserId, RoomId, RoomVersionId, ServerName, UserId,
-        canonical_json::to_canonical_value,
-        serde::{Base64, base64::Standard},
-    },
+    ruma::{OwnedRoomId, OwnedServerName, OwnedUserId, RoomId, RoomVersionId, ServerName, UserId},
 };
+use ruma::{canonical_json::try_from_json_map, signatures::content_hash};
 use serde_json::{Map, Value, json};
-use sha2::{Digest, Sha256};
 
 /// A membership state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -544,9 +540,16 @@ impl State {
     }
 
     /// The event as a federation PDU: the client fields plus `auth_events`, `depth`,
-    /// `prev_events`, a real content hash (`hashes.sha256`, unpadded base64 of the SHA-256 of
-    /// the canonical JSON without `event_id`, `hashes`, `signatures` and `unsigned`) and a
-    /// placeholder signature (the simulation holds no signing key).
+    /// `prev_events`, a real content hash (`hashes.sha256`, computed by ruma's
+    /// [`content_hash`]: unpadded base64 of the SHA-256 of the canonical JSON without
+    /// `hashes`, `signatures` and `unsigned`; the `event_id` is left out first, as room versions
+    /// 3 and later have none in the PDU) and a placeholder signature (the simulation holds no
+    /// signing key).
+    ///
+    /// An event no homeserver could send over federation gets no `hashes`: content that is not
+    /// canonical JSON (a float, an integer beyond ±(2^53 - 1)) or a PDU over the spec's 65,535
+    /// bytes, which ruma refuses to hash (a real homeserver refuses such events when they
+    /// are sent).
     pub fn pdu_json(&self, id: &str, e: &Event) -> Value {
         let Value::Object(mut o) = self.client_json(id, e) else {
             return Value::Null;
@@ -556,11 +559,12 @@ impl State {
         o.insert("prev_events".into(), json!(e.prev_events));
         let mut hashed = o.clone();
         hashed.remove("event_id");
-        let canonical = to_canonical_value(&hashed)
-            .map(|c| c.to_string())
-            .unwrap_or_else(|_| Value::Object(hashed).to_string());
-        let hash = Base64::<Standard>::new(Sha256::digest(canonical.as_bytes()).to_vec()).encode();
-        o.insert("hashes".into(), json!({"sha256": hash}));
+        let hash = try_from_json_map(hashed)
+            .ok()
+            .and_then(|canonical| content_hash(&canonical).ok());
+        if let Some(hash) = hash {
+            o.insert("hashes".into(), json!({"sha256": hash.encode()}));
+        }
         o.insert(
             "signatures".into(),
             json!({e.sender.server_name().as_str(): {"ed25519:sim": "simulated-signature"}}),
@@ -916,6 +920,46 @@ mod tests {
         drop(s);
         assert_eq!(w.ever_joined_members(&room).len(), 2);
         assert_eq!(w.rooms_of_user(&b), vec![room.clone()]);
+    }
+
+    #[test]
+    fn pdus_carry_ruma_content_hashes() {
+        let (w, room) = world();
+        let a = owned_user_id!("@a:hs.example");
+        let mut s = w.write();
+        s.add_event(
+            "$h",
+            &room,
+            &a,
+            "m.room.message",
+            None,
+            json!({"body": "hi"}),
+            7,
+        )
+        .unwrap();
+        let pdu = s.pdu_json("$h", &s.events["$h"]);
+        // The spec's content hash: SHA-256 of the canonical JSON of the PDU without
+        // `event_id` (none in room versions 3+), `hashes`, `signatures` and `unsigned`, in
+        // unpadded base64. Computed independently (Python: `json.dumps(pdu, sort_keys=True,
+        // separators=(",", ":"), ensure_ascii=False)`, `hashlib.sha256`, `base64`).
+        assert_eq!(
+            pdu["hashes"]["sha256"], "X56RmENyqvmTM1sWgQ5AQb/F4IorQcWxmnsypTdAlAE",
+            "{pdu}"
+        );
+        // Content that is not canonical JSON cannot be hashed: no `hashes`, the rest is kept.
+        s.add_event(
+            "$f",
+            &room,
+            &a,
+            "m.room.message",
+            None,
+            json!({"n": 1.5}),
+            8,
+        )
+        .unwrap();
+        let pdu = s.pdu_json("$f", &s.events["$f"]);
+        assert!(pdu.get("hashes").is_none(), "{pdu}");
+        assert_eq!(pdu["content"]["n"], 1.5);
     }
 
     #[test]

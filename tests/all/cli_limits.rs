@@ -15,10 +15,10 @@ use std::{
     io::Read,
     path::{Path, PathBuf},
     process::{Command, Stdio},
-    time::{Duration, Instant, SystemTime},
+    time::{Duration, Instant},
 };
 
-use crate::support::target_dir;
+use crate::support::{binary, repo, target_dir};
 
 /// `mxpolicy::scenario::MAX_SCENARIO_BYTES`.
 const MAX_SCENARIO_BYTES: u64 = 64 << 20;
@@ -30,48 +30,6 @@ const TIMEOUT: Duration = Duration::from_secs(30);
 
 const NOT_REGULAR: &str =
     "not a regular file (devices, FIFOs, sockets and directories are refused)";
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn newest_source(dir: &Path) -> SystemTime {
-    let mut newest = SystemTime::UNIX_EPOCH;
-    for entry in std::fs::read_dir(dir).expect("cli sources").flatten() {
-        let path = entry.path();
-        let modified = if path.is_dir() {
-            newest_source(&path)
-        } else {
-            entry
-                .metadata()
-                .and_then(|m| m.modified())
-                .unwrap_or(SystemTime::UNIX_EPOCH)
-        };
-        newest = newest.max(modified);
-    }
-    newest
-}
-
-/// The built `mxpolicy` binary; fails with the command to run when it is missing or older than
-/// its sources.
-fn binary() -> PathBuf {
-    let bin = target_dir()
-        .join("debug")
-        .join(format!("mxpolicy{}", std::env::consts::EXE_SUFFIX));
-    let Ok(built) = std::fs::metadata(&bin).and_then(|m| m.modified()) else {
-        panic!(
-            "{} is missing: run `cargo build -p mxpolicy` before the tests (the README's test \
-             command does)",
-            bin.display()
-        );
-    };
-    assert!(
-        built >= newest_source(&repo().join("cli/src")),
-        "{} is older than cli/src: run `cargo build -p mxpolicy` before the tests",
-        bin.display()
-    );
-    bin
-}
 
 /// A fresh scratch directory for one test.
 fn scratch(test: &str) -> PathBuf {

@@ -7,58 +7,15 @@
 //! the tests); a missing or stale binary fails here with that instruction.
 
 use std::{
+    collections::BTreeSet,
     path::{Path, PathBuf},
     process::{Command, Output},
-    time::SystemTime,
 };
 
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::support::target_dir;
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn newest_source(dir: &Path) -> SystemTime {
-    let mut newest = SystemTime::UNIX_EPOCH;
-    for entry in std::fs::read_dir(dir).expect("cli sources").flatten() {
-        let path = entry.path();
-        let modified = if path.is_dir() {
-            newest_source(&path)
-        } else {
-            entry
-                .metadata()
-                .and_then(|m| m.modified())
-                .unwrap_or(SystemTime::UNIX_EPOCH)
-        };
-        newest = newest.max(modified);
-    }
-    newest
-}
-
-/// The built `mxpolicy` binary; fails with the command to run when it is missing or older than
-/// its sources.
-fn binary() -> PathBuf {
-    let bin = target_dir()
-        .join("debug")
-        .join(format!("mxpolicy{}", std::env::consts::EXE_SUFFIX));
-    let built = std::fs::metadata(&bin).and_then(|m| m.modified());
-    let Ok(built) = built else {
-        panic!(
-            "{} is missing: run `cargo build -p mxpolicy` before the tests (the README's test \
-             command does)",
-            bin.display()
-        );
-    };
-    assert!(
-        built >= newest_source(&repo().join("cli/src")),
-        "{} is older than cli/src: run `cargo build -p mxpolicy` before the tests",
-        bin.display()
-    );
-    bin
-}
+use crate::support::{binary, repo, target_dir};
 
 fn mxpolicy(args: &[&str]) -> Output {
     Command::new(binary())
@@ -139,28 +96,52 @@ fn the_walkthrough_replays_and_passes() {
 
 #[test]
 fn every_op_is_covered_by_a_scenario() {
-    let mut seen = std::collections::BTreeSet::new();
+    let ops = mxpolicy_ops();
+    let mut seen = BTreeSet::new();
     for file in scenario_files(&repo().join("tests/scenarios")) {
         let s: Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
         for step in s["steps"].as_array().unwrap() {
-            seen.insert(step["op"].as_str().unwrap().to_owned());
+            let op = step["op"].as_str().unwrap().to_owned();
+            assert!(
+                ops.contains(&op),
+                "{}: op `{op}` is not listed",
+                file.display()
+            );
+            seen.insert(op);
         }
     }
-    for op in mxpolicy_ops() {
-        assert!(seen.contains(&op), "no scenario uses op `{op}`");
-    }
+    let missing: Vec<&String> = ops.iter().filter(|op| !seen.contains(*op)).collect();
+    assert!(missing.is_empty(), "no scenario uses the ops {missing:?}");
 }
 
-/// The valid ops, as the binary itself lists them for an unknown op.
-fn mxpolicy_ops() -> Vec<String> {
-    let out = mxpolicy(&["replay", "tests/scenarios/bad/unknown-op.json"]);
-    let stderr = text(&out.stderr);
-    let list = stderr
-        .split("(valid ops: ")
-        .nth(1)
-        .and_then(|s| s.split(')').next())
-        .unwrap_or_else(|| panic!("{stderr}"));
-    list.split(", ").map(str::to_owned).collect()
+/// The valid ops, as the binary lists them (`mxpolicy replay --list-ops`: `scenario::OPS`,
+/// derived from the op enum, so no op can be left out of the list). The error for an unknown
+/// op lists the same.
+fn mxpolicy_ops() -> BTreeSet<String> {
+    let out = mxpolicy(&["replay", "--list-ops"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let ops: Vec<String> = stdout.lines().map(str::to_owned).collect();
+    // The twenty ops of cli/README.md, at the least; a line per op, each a snake_case word.
+    assert!(ops.len() >= 20, "{stdout}");
+    for op in &ops {
+        assert!(
+            !op.is_empty() && op.chars().all(|c| c.is_ascii_lowercase() || c == '_'),
+            "{op:?} in {stdout}"
+        );
+    }
+    for op in ["clock", "send", "client_serve", "run_timers", "inspect"] {
+        assert!(ops.iter().any(|o| o == op), "{op} not in {stdout}");
+    }
+    let unknown = mxpolicy(&["replay", "tests/scenarios/bad/unknown-op.json"]);
+    assert!(
+        text(&unknown.stderr).contains(&format!("(valid ops: {})", ops.join(", "))),
+        "{}",
+        text(&unknown.stderr)
+    );
+    let set: BTreeSet<String> = ops.iter().cloned().collect();
+    assert_eq!(set.len(), ops.len(), "duplicates in {stdout}");
+    set
 }
 
 #[test]
@@ -298,14 +279,19 @@ fn check_describes_every_built_plugin() {
     for plugin in plugins {
         let file = plugin.to_str().unwrap();
         let sha_of_file = || hex::encode(Sha256::digest(std::fs::read(&plugin).unwrap()));
-        // Other builds may replace the file while the suite runs: retry if it changed under us.
+        // Other builds may replace the file while the suite runs: retry if it changed under us
+        // (a file caught half-written fails to load, so the status is checked only once the
+        // file is known not to have changed).
         let (report, sha) = (0..3)
             .find_map(|_| {
                 let before = sha_of_file();
                 let out = mxpolicy(&["check", "--json", file]);
+                if before != sha_of_file() {
+                    return None;
+                }
                 assert_eq!(out.status.code(), Some(0), "{file}: {}", text(&out.stderr));
                 let report: Value = serde_json::from_slice(&out.stdout).unwrap();
-                (before == sha_of_file()).then_some((report, before))
+                Some((report, before))
             })
             .expect("the plugin file keeps changing");
         let stem = plugin.file_stem().unwrap().to_str().unwrap();

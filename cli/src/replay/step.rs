@@ -101,7 +101,7 @@ impl Runner {
                 self.serve(&mut r, i, &viewer, event_ids, true)?;
             }
             Op::Http { .. } => self.http(&mut r, i, &step.op)?,
-            Op::RunTimers => match self.host.run_timers() {
+            Op::RunTimers {} => match self.host.run_timers() {
                 Ok(d) => {
                     r.insert(
                         "fired".into(),
