@@ -5,31 +5,10 @@ use std::{
     sync::{Mutex, MutexGuard},
 };
 
-use super::{Conflict, Entry, Quota, ScheduledTimer, StateStore, Timer, Transaction, entry_bytes};
-use crate::error::{QuotaExceeded, StoreError};
-
-/// Per-plugin usage, kept up to date by every commit.
-#[derive(Debug, Clone, Copy, Default)]
-struct Usage {
-    keys: u64,
-    bytes: u64,
-    timers: u64,
-}
-
-impl Usage {
-    fn check(&self, before: &Usage, quota: &Quota) -> Result<(), QuotaExceeded> {
-        for (what, used, was, limit) in [
-            ("keys", self.keys, before.keys, quota.max_keys),
-            ("bytes", self.bytes, before.bytes, quota.max_bytes),
-            ("timers", self.timers, before.timers, quota.max_timers),
-        ] {
-            if used > limit && used > was {
-                return Err(QuotaExceeded { what, used, limit });
-            }
-        }
-        Ok(())
-    }
-}
+use super::{
+    Conflict, Entry, Quota, ScheduledTimer, StateStore, Timer, Transaction, Usage, entry_bytes,
+};
+use crate::error::StoreError;
 
 #[derive(Default)]
 struct Inner {

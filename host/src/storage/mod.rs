@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::StoreError;
+use crate::error::{QuotaExceeded, StoreError};
 
 #[cfg(feature = "testing")]
 mod memory;
@@ -202,4 +202,29 @@ pub trait StateStore: Send + Sync {
     /// [`Conflict`]), or if its writes would take `plugin` past `quota` (wrapping
     /// [`QuotaExceeded`](crate::QuotaExceeded)).
     fn commit(&self, plugin: &str, txn: &Transaction, quota: &Quota) -> Result<(), StoreError>;
+}
+
+/// A plugin's usage (keys, bytes with the per-entry overhead, timers), kept by every store
+/// and checked against the quota at commit.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Usage {
+    pub(crate) keys: u64,
+    pub(crate) bytes: u64,
+    pub(crate) timers: u64,
+}
+
+impl Usage {
+    /// Refuse usage `self` (after a commit) that passes `quota` and grew from `before`.
+    pub(crate) fn check(&self, before: &Usage, quota: &Quota) -> Result<(), QuotaExceeded> {
+        for (what, used, was, limit) in [
+            ("keys", self.keys, before.keys, quota.max_keys),
+            ("bytes", self.bytes, before.bytes, quota.max_bytes),
+            ("timers", self.timers, before.timers, quota.max_timers),
+        ] {
+            if used > limit && used > was {
+                return Err(QuotaExceeded { what, used, limit });
+            }
+        }
+        Ok(())
+    }
 }

@@ -15,8 +15,10 @@ use std::{
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
-use super::{Conflict, Entry, Quota, ScheduledTimer, StateStore, Timer, Transaction, entry_bytes};
-use crate::error::{QuotaExceeded, StoreError};
+use super::{
+    Conflict, Entry, Quota, ScheduledTimer, StateStore, Timer, Transaction, Usage, entry_bytes,
+};
+use crate::error::StoreError;
 
 /// The schema version this build creates and reads.
 const SCHEMA_VERSION: i64 = 1;
@@ -354,15 +356,14 @@ impl StateStore for SqliteStore {
                     }
                 }
             }
-            for (what, used, was, limit) in [
-                ("keys", after.0, before.0, quota.max_keys),
-                ("bytes", after.1, before.1, quota.max_bytes),
-                ("timers", after.2, before.2, quota.max_timers),
-            ] {
-                if used > limit && used > was {
-                    return Err(StoreError::new(QuotaExceeded { what, used, limit }));
-                }
-            }
+            let usage = |(keys, bytes, timers)| Usage {
+                keys,
+                bytes,
+                timers,
+            };
+            usage(after)
+                .check(&usage(before), quota)
+                .map_err(StoreError::new)?;
             // Apply.
             let mut version: i64 = tx
                 .query_row("SELECT last FROM mxpolicy_versions WHERE id = 0", [], |r| {
