@@ -180,13 +180,13 @@ impl Settings {
     }
 }
 
-/// Whether `s` has the shape of a user id: `@`, a localpart, `:`, a server name, at most 255
-/// bytes (the spec's limit), no whitespace or control characters.
+/// Whether `s` is a user id by the SDK's shared validator (ruma's rules, 255 bytes at most),
+/// and, stricter than the historical ids ruma still accepts, has a non-empty localpart and no
+/// whitespace or control characters: ids the consent policy records or exempts are ids a
+/// user could type in a client.
 pub(crate) fn looks_like_user_id(s: &str) -> bool {
-    s.len() <= 255
-        && s.strip_prefix('@')
-            .and_then(|rest| rest.split_once(':'))
-            .is_some_and(|(local, server)| !local.is_empty() && !server.is_empty())
+    mxpolicy_guest::UserId::is_valid(s)
+        && !s.starts_with("@:")
         && !s.chars().any(|c| c.is_whitespace() || c.is_control())
 }
 
