@@ -16,6 +16,10 @@ pub struct Decision<T> {
     pub failures: Vec<PluginFailure>,
     /// The plugin whose verdict decided (the first deny), if any.
     pub decided_by: Option<String>,
+    /// With the outbox on ([`HostBuilder::outbox`](crate::HostBuilder::outbox)): the outbox
+    /// id of each action, in the order of `actions`, to acknowledge once carried out.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub outbox: Vec<u64>,
 }
 
 impl<T> Decision<T> {
@@ -25,7 +29,14 @@ impl<T> Decision<T> {
             actions: Vec::new(),
             failures: Vec::new(),
             decided_by: None,
+            outbox: Vec::new(),
         }
+    }
+
+    /// Append one plugin's actions and their outbox ids.
+    pub(crate) fn record(&mut self, actions: Vec<Action>, ids: Vec<u64>) {
+        self.actions.extend(actions);
+        self.outbox.extend(ids);
     }
 }
 

@@ -24,9 +24,9 @@ use crate::{
     spec::PluginSpec,
     storage::{Changes, Quota, ScheduledTimer, StateStore, Transaction},
     types::{
-        Deactivation, FailurePolicy, Hook, HttpRequest, HttpResponse, MatrixError, MediaFetch,
-        MediaUpload, PluginInfo, Reactivation, SendEvent, ServeEvent, ServeVerdict, ServedEvent,
-        Verdict, Viewer,
+        Action, Deactivation, FailurePolicy, Hook, HttpRequest, HttpResponse, MatrixError,
+        MediaFetch, MediaUpload, PluginInfo, Reactivation, SendEvent, ServeEvent, ServeVerdict,
+        ServedEvent, Verdict, Viewer,
     },
 };
 
@@ -62,6 +62,9 @@ pub const DEFAULT_TIMERS_PER_PASS: usize = 256;
 /// a call may have. Past it, a timer whose handler never committed (the process died) is
 /// claimed again.
 pub const TIMER_LEASE_MS: u64 = 120_000;
+/// How long the caller of a hook has to carry out and acknowledge the actions recorded in the
+/// outbox before they are handed out again.
+pub const OUTBOX_LEASE_MS: u64 = 60_000;
 /// Failed attempts after which a timer is given up (removed, reported and counted).
 pub const MAX_TIMER_ATTEMPTS: u32 = 10;
 /// Delay before the first retry of a failed timer; each further retry waits four times
@@ -77,6 +80,17 @@ fn retry_delay_ms(attempts: u32) -> u64 {
     TIMER_RETRY_BASE_MS
         .saturating_mul(factor)
         .min(TIMER_RETRY_MAX_MS)
+}
+
+/// An action from the outbox, handed out by [`Host::claim_actions`].
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PendingAction {
+    /// Its outbox id, for [`Host::ack_actions`].
+    pub id: u64,
+    /// The plugin instance whose call returned it.
+    pub plugin: String,
+    /// The action.
+    pub action: Action,
 }
 
 /// A loaded plugin, as reported by [`Host::plugins`] and [`Host::inspect`].
@@ -122,6 +136,7 @@ pub struct HostBuilder {
     allocation: Allocation,
     max_content_depth: usize,
     timers_per_pass: usize,
+    outbox: bool,
 }
 
 impl HostBuilder {
@@ -149,6 +164,17 @@ impl HostBuilder {
     /// [`DEFAULT_TIMERS_PER_PASS`].
     pub fn timers_per_pass(mut self, timers: usize) -> Self {
         self.timers_per_pass = timers;
+        self
+    }
+
+    /// Record every action in the store's outbox, in the same transaction as the call's state
+    /// (default: off). The caller still gets the actions in the [`Decision`], with their
+    /// outbox ids in [`Decision::outbox`], carries them out and acknowledges them
+    /// ([`Host::ack_actions`]); actions not acknowledged within [`OUTBOX_LEASE_MS`] (the
+    /// process died in between) are handed out again by [`Host::claim_actions`]. Off, actions
+    /// exist only in the `Decision`: a crash after the commit loses them.
+    pub fn outbox(mut self, enabled: bool) -> Self {
+        self.outbox = enabled;
         self
     }
 
@@ -182,6 +208,7 @@ impl HostBuilder {
             max_content_depth: self.max_content_depth,
             timers_per_pass: self.timers_per_pass,
             timer_stats: TimerCounters::default(),
+            outbox: self.outbox,
         })
     }
 }
@@ -211,6 +238,7 @@ pub struct Host {
     max_content_depth: usize,
     timers_per_pass: usize,
     timer_stats: TimerCounters,
+    outbox: bool,
 }
 
 /// A hook's call on the bindings.
@@ -229,7 +257,55 @@ impl Host {
             allocation: Allocation::default(),
             max_content_depth: DEFAULT_MAX_CONTENT_DEPTH,
             timers_per_pass: DEFAULT_TIMERS_PER_PASS,
+            outbox: false,
         }
+    }
+
+    /// Record `actions` in the call's transaction when the outbox is on.
+    fn record(&self, txn: &mut Transaction, actions: &[Action]) -> Result<(), FailureCause> {
+        if !self.outbox || actions.is_empty() {
+            return Ok(());
+        }
+        for action in actions {
+            let json = serde_json::to_string(action)
+                .map_err(|e| FailureCause::InvalidOutput(format!("unserializable action: {e}")))?;
+            txn.actions.push(json);
+        }
+        txn.actions_lease_until_ms = self.now().saturating_add(OUTBOX_LEASE_MS);
+        Ok(())
+    }
+
+    /// Claim at most `limit` outbox actions that were not acknowledged in time (their
+    /// process died before carrying them out, or they were handed out and not acknowledged):
+    /// the homeserver carries each out and acknowledges it with [`Host::ack_actions`]. Each
+    /// claimed action is leased for [`OUTBOX_LEASE_MS`], so concurrent workers do not take the
+    /// same one. Call it at startup and periodically.
+    pub fn claim_actions(&self, limit: usize) -> Result<Vec<PendingAction>> {
+        let now = self.now();
+        let claimed = self
+            .state
+            .claim_actions(now, limit, now.saturating_add(OUTBOX_LEASE_MS))?;
+        claimed
+            .into_iter()
+            .map(|e| {
+                let action = serde_json::from_str(&e.action).map_err(|err| {
+                    Error::Store(crate::error::StoreError::new(format!(
+                        "outbox action {} is not an action: {err}",
+                        e.id
+                    )))
+                })?;
+                Ok(PendingAction {
+                    id: e.id,
+                    plugin: e.plugin,
+                    action,
+                })
+            })
+            .collect()
+    }
+
+    /// Acknowledge outbox actions carried out: they leave the outbox.
+    pub fn ack_actions(&self, ids: &[u64]) -> Result<()> {
+        Ok(self.state.ack_actions(ids)?)
     }
 
     fn lock_writer(&self) -> std::sync::MutexGuard<'_, ()> {
@@ -420,14 +496,15 @@ impl Host {
         let chain = self.chain.load();
         let mut decision = Decision::new(Verdict::Allow);
         for plugin in chain.plugins.iter().filter(|p| p.wants(hook)) {
-            let result = plugin.run(&self.runtime, call, |out, _txn| {
+            let result = plugin.run(&self.runtime, call, |out, txn| {
                 let verdict = convert::verdict_from_wit(out.verdict)?;
                 let actions = convert::actions_from_wit(out.actions)?;
+                self.record(txn, &actions)?;
                 Ok((verdict, actions))
             });
             match result {
-                Ok((verdict, actions)) => {
-                    decision.actions.extend(actions);
+                Ok(((verdict, actions), ids)) => {
+                    decision.record(actions, ids);
                     if !verdict.is_allow() {
                         decision.outcome = verdict;
                         decision.decided_by = Some(plugin.name.to_string());
@@ -548,7 +625,7 @@ impl Host {
                     b.call_on_federation_serve(s, &ctx)
                 }
             };
-            let result = plugin.run(&self.runtime, serve_call, |out, _txn| {
+            let result = plugin.run(&self.runtime, serve_call, |out, txn| {
                 if out.verdicts.len() != n {
                     return Err(FailureCause::InvalidOutput(format!(
                         "{} verdicts for {n} events",
@@ -565,11 +642,12 @@ impl Host {
                     }
                 }
                 let actions = convert::actions_from_wit(out.actions)?;
+                self.record(txn, &actions)?;
                 Ok((out.verdicts, actions))
             });
             match result {
-                Ok((plugin_verdicts, actions)) => {
-                    decision.actions.extend(actions);
+                Ok(((plugin_verdicts, actions), ids)) => {
+                    decision.record(actions, ids);
                     for (i, v) in plugin_verdicts.into_iter().enumerate() {
                         let (v, pseudonym) = match v {
                             wit::ServeVerdict::Serve => (ServeVerdict::Serve, None),
@@ -620,15 +698,16 @@ impl Host {
         let result = p.run(
             &self.runtime,
             |b, s| b.call_on_http(s, &req),
-            |out, _txn| {
+            |out, txn| {
                 let (response, actions) = convert::http_from_wit(out)?;
+                self.record(txn, &actions)?;
                 Ok((response, actions))
             },
         );
         Ok(match result {
-            Ok((response, actions)) => {
+            Ok(((response, actions), ids)) => {
                 let mut d = Decision::new(response);
-                d.actions = actions;
+                d.record(actions, ids);
                 d
             }
             Err(cause) => {
@@ -685,7 +764,7 @@ impl Host {
                 Err(message) => Ok(Err(message)),
             },
         );
-        match result {
+        match result.map(|(answer, _ids)| answer) {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(message)) => Err(Error::AdminRefused {
                 plugin: plugin.to_owned(),
@@ -741,6 +820,7 @@ impl Host {
                 |out, txn| {
                     let actions = convert::actions_from_wit(out)?;
                     txn.changes.timers.entry(timer.id.clone()).or_insert(None);
+                    self.record(txn, &actions)?;
                     Ok(actions)
                 },
             );
@@ -754,9 +834,9 @@ impl Host {
                 gave_up: false,
             };
             match result {
-                Ok(actions) => {
+                Ok((actions, ids)) => {
                     self.timer_stats.fired.fetch_add(1, Ordering::Relaxed);
-                    decision.actions.extend(actions);
+                    decision.record(actions, ids);
                 }
                 Err(cause) => {
                     self.timer_stats.failed.fetch_add(1, Ordering::Relaxed);

@@ -93,8 +93,8 @@ pub use homeserver::Homeserver;
 #[cfg(feature = "testing")]
 pub use homeserver::MemoryHomeserver;
 pub use host::{
-    DEFAULT_TIMERS_PER_PASS, Host, HostBuilder, Inspection, MAX_TIMER_ATTEMPTS, PluginReport,
-    TIMER_LEASE_MS, TIMER_RETRY_BASE_MS, TIMER_RETRY_MAX_MS,
+    DEFAULT_TIMERS_PER_PASS, Host, HostBuilder, Inspection, MAX_TIMER_ATTEMPTS, OUTBOX_LEASE_MS,
+    PendingAction, PluginReport, TIMER_LEASE_MS, TIMER_RETRY_BASE_MS, TIMER_RETRY_MAX_MS,
 };
 pub use json::DEFAULT_MAX_CONTENT_DEPTH;
 /// ruma is part of this crate's API: every id in the hook types is a ruma id, and events are
@@ -109,8 +109,8 @@ pub use spec::{
 #[cfg(feature = "testing")]
 pub use storage::MemoryStore;
 pub use storage::{
-    Changes, Conflict, ENTRY_OVERHEAD_BYTES, Entry, ListRead, PostgresStore, Quota, ScheduledTimer,
-    SqliteStore, StateStore, Timer, Transaction, entry_bytes,
+    Changes, Conflict, ENTRY_OVERHEAD_BYTES, Entry, ListRead, OutboxEntry, PostgresStore, Quota,
+    ScheduledTimer, SqliteStore, StateStore, Timer, Transaction, entry_bytes,
 };
 pub use types::{
     Action, Deactivation, FailurePolicy, HistoryVisibility, Hook, HttpRequest, HttpResponse,

@@ -300,13 +300,14 @@ impl Plugin {
     /// wrote a key this one read) the call runs again on fresh state; after
     /// [`OPTIMISTIC_ATTEMPTS`] conflicts it runs holding the instance's commit lock, so no
     /// call of this process can conflict with it; after [`MAX_ATTEMPTS`] it fails with
-    /// [`FailureCause::Conflict`] and the hook's failure policy applies.
+    /// [`FailureCause::Conflict`] and the hook's failure policy applies. Returns `finish`'s
+    /// value and the outbox ids of the actions `finish` recorded.
     pub(crate) fn run<R: OutputSize, T>(
         &self,
         rt: &Runtime,
         f: impl Fn(&Policy, &mut Store<CallCtx>) -> wasmtime::Result<R>,
         mut finish: impl FnMut(R, &mut Transaction) -> Result<T, FailureCause>,
-    ) -> Result<T, FailureCause> {
+    ) -> Result<(T, Vec<u64>), FailureCause> {
         let mut conflicts = 0;
         loop {
             let exclusive = (conflicts >= OPTIMISTIC_ATTEMPTS).then(|| self.slots.commit_lock());
@@ -328,7 +329,7 @@ impl Plugin {
                         )));
                     }
                 }
-                other => return other.map(|()| value),
+                other => return other.map(|ids| (value, ids)),
             }
         }
     }
@@ -375,12 +376,13 @@ impl Plugin {
         }
     }
 
-    /// Commit a successful call's transaction, within the plugin's quota.
-    fn commit(&self, txn: &Transaction) -> Result<(), FailureCause> {
-        if txn.changes.is_empty() {
+    /// Commit a successful call's transaction, within the plugin's quota; the ids of its
+    /// actions in the outbox.
+    fn commit(&self, txn: &Transaction) -> Result<Vec<u64>, FailureCause> {
+        if txn.writes_nothing() {
             // Nothing written: a read-only call needs no validation (it is serializable at
             // the moment of its reads).
-            return Ok(());
+            return Ok(Vec::new());
         }
         self.state
             .commit(&self.name, txn, &self.settings.quota)

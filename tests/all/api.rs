@@ -8,7 +8,7 @@ use std::sync::{
 
 use mxpolicy_host::{
     Entry, Error, FailureCause, FailurePolicy, Host, ManualClock, MemoryHomeserver, MemoryStore,
-    Quota, StateStore, StoreError, Timer, Transaction, Verdict,
+    OutboxEntry, Quota, StateStore, StoreError, Timer, Transaction, Verdict,
 };
 use serde_json::json;
 
@@ -56,11 +56,27 @@ impl StateStore for FlakyStore {
         self.inner
             .claim_timers(now_ms, plugins, limit, lease_until_ms)
     }
-    fn commit(&self, plugin: &str, txn: &Transaction, quota: &Quota) -> Result<(), StoreError> {
+    fn commit(
+        &self,
+        plugin: &str,
+        txn: &Transaction,
+        quota: &Quota,
+    ) -> Result<Vec<u64>, StoreError> {
         if self.fail_commits.load(Ordering::SeqCst) {
             return Err(down());
         }
         self.inner.commit(plugin, txn, quota)
+    }
+    fn claim_actions(
+        &self,
+        now_ms: u64,
+        limit: usize,
+        lease_until_ms: u64,
+    ) -> Result<Vec<OutboxEntry>, StoreError> {
+        self.inner.claim_actions(now_ms, limit, lease_until_ms)
+    }
+    fn ack_actions(&self, ids: &[u64]) -> Result<(), StoreError> {
+        self.inner.ack_actions(ids)
     }
 }
 

@@ -238,3 +238,47 @@ fn concurrent_read_modify_writes_lose_no_update_on_postgres() {
         .unwrap();
     no_update_is_lost(std::sync::Arc::new(host));
 }
+
+#[test]
+fn outbox_actions_survive_a_restart_until_acknowledged() {
+    use mxpolicy_host::{Action, ManualClock, OUTBOX_LEASE_MS, SqliteStore};
+    let dir = crate::stores::TempDir::new("outbox");
+    let path = dir.0.join("state.db");
+    let clock = std::sync::Arc::new(ManualClock::new(T0));
+    let start = |clock: &std::sync::Arc<ManualClock>| {
+        let homeserver = mxpolicy_host::MemoryHomeserver::new(crate::support::server_name());
+        let host = mxpolicy_host::Host::builder(
+            std::sync::Arc::new(homeserver),
+            std::sync::Arc::new(SqliteStore::open(&path).unwrap()),
+        )
+        .clock(clock.clone())
+        .outbox(true)
+        .build()
+        .unwrap();
+        host.load(spec("scripted-a").config(json!({"actions": [
+            {"kind": "purge-room-history", "room": "!gone:hs.example"},
+            {"kind": "delete-media", "mxc": "mxc://hs.example/abc"},
+        ]})))
+        .unwrap();
+        host
+    };
+    let host = start(&clock);
+    let d = host.on_send(&message("@a:hs.example", "hi"));
+    assert_eq!(d.actions.len(), 2);
+    assert_eq!(d.outbox.len(), 2);
+    // The homeserver purges the room, acknowledges it, and dies before deleting the media.
+    host.ack_actions(&d.outbox[..1]).unwrap();
+    drop(host);
+
+    let host = start(&clock);
+    assert!(host.claim_actions(10).unwrap().is_empty(), "still leased");
+    clock.advance(OUTBOX_LEASE_MS);
+    let pending = host.claim_actions(10).unwrap();
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0].id, d.outbox[1]);
+    assert_eq!(pending[0].plugin, "scripted-a");
+    assert!(matches!(pending[0].action, Action::DeleteMedia { .. }));
+    host.ack_actions(&[pending[0].id]).unwrap();
+    clock.advance(OUTBOX_LEASE_MS);
+    assert!(host.claim_actions(10).unwrap().is_empty());
+}

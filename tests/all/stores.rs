@@ -80,7 +80,7 @@ fn timer(due_ms: u64) -> Option<ScheduledTimer> {
 
 const ANY: Quota = Quota::UNLIMITED;
 
-fn is_conflict(r: Result<(), mxpolicy_host::StoreError>) -> bool {
+fn is_conflict(r: Result<Vec<u64>, mxpolicy_host::StoreError>) -> bool {
     r.is_err_and(|e| e.0.downcast_ref::<Conflict>().is_some())
 }
 
@@ -258,6 +258,34 @@ fn claimed_timers_are_leased_until_written_or_expired(s: &dyn StateStore) {
     assert_eq!(claim(150, 400), ["t2"]);
 }
 
+fn outbox_actions_commit_with_the_state_and_are_leased_and_acknowledged(s: &dyn StateStore) {
+    let mut txn = writes(&[("k", Some(b"1"))]);
+    txn.actions = vec!["{\"a\":1}".into(), "{\"a\":2}".into()];
+    txn.actions_lease_until_ms = 100;
+    let ids = s.commit("a", &txn, &ANY).unwrap();
+    assert_eq!(ids.len(), 2);
+    assert!(ids[0] < ids[1]);
+    // A refused commit records no action.
+    let mut stale = writes(&[]);
+    stale.reads.insert("k".into(), 0);
+    stale.actions = vec!["{\"a\":3}".into()];
+    assert!(is_conflict(s.commit("a", &stale, &ANY)));
+    // Leased to the caller until 100: nobody else gets them before.
+    assert!(s.claim_actions(50, 10, 200).unwrap().is_empty());
+    // The caller acknowledged the first, then died: the second is handed out again.
+    s.ack_actions(&ids[..1]).unwrap();
+    let again = s.claim_actions(100, 10, 300).unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!((again[0].id, again[0].plugin.as_str()), (ids[1], "a"));
+    assert_eq!(again[0].action, "{\"a\":2}");
+    assert!(
+        s.claim_actions(200, 10, 400).unwrap().is_empty(),
+        "leased again"
+    );
+    s.ack_actions(&[ids[1], 999_999]).unwrap();
+    assert!(s.claim_actions(1_000, 10, 2_000).unwrap().is_empty());
+}
+
 macro_rules! conformance {
     ($($test:ident),+ $(,)?) => {
         mod memory {
@@ -304,6 +332,7 @@ conformance!(
     quotas_refuse_growth_atomically_and_allow_deletes,
     timers_are_due_in_order_per_plugin_and_paged,
     claimed_timers_are_leased_until_written_or_expired,
+    outbox_actions_commit_with_the_state_and_are_leased_and_acknowledged,
 );
 
 #[test]

@@ -6,7 +6,8 @@ use std::{
 };
 
 use super::{
-    Conflict, Entry, Quota, ScheduledTimer, StateStore, Timer, Transaction, Usage, entry_bytes,
+    Conflict, Entry, OutboxEntry, Quota, ScheduledTimer, StateStore, Timer, Transaction, Usage,
+    entry_bytes,
 };
 use crate::error::StoreError;
 
@@ -21,6 +22,9 @@ struct Inner {
     usage: BTreeMap<String, Usage>,
     /// Leases of claimed timers: until when.
     leases: BTreeMap<(String, String), u64>,
+    /// The outbox: id -> (plugin, action, leased until).
+    outbox: BTreeMap<u64, (String, String, u64)>,
+    next_action: u64,
 }
 
 /// An in-memory [`StateStore`]: for tests, examples and `mxpolicy replay`. Everything is lost
@@ -105,7 +109,44 @@ impl StateStore for MemoryStore {
         Ok(claimed)
     }
 
-    fn commit(&self, plugin: &str, txn: &Transaction, quota: &Quota) -> Result<(), StoreError> {
+    fn claim_actions(
+        &self,
+        now_ms: u64,
+        limit: usize,
+        lease_until_ms: u64,
+    ) -> Result<Vec<OutboxEntry>, StoreError> {
+        let mut inner = self.lock();
+        let mut claimed = Vec::new();
+        for (id, (plugin, action, lease)) in inner.outbox.iter_mut() {
+            if claimed.len() == limit {
+                break;
+            }
+            if *lease <= now_ms {
+                *lease = lease_until_ms;
+                claimed.push(OutboxEntry {
+                    id: *id,
+                    plugin: plugin.clone(),
+                    action: action.clone(),
+                });
+            }
+        }
+        Ok(claimed)
+    }
+
+    fn ack_actions(&self, ids: &[u64]) -> Result<(), StoreError> {
+        let mut inner = self.lock();
+        for id in ids {
+            inner.outbox.remove(id);
+        }
+        Ok(())
+    }
+
+    fn commit(
+        &self,
+        plugin: &str,
+        txn: &Transaction,
+        quota: &Quota,
+    ) -> Result<Vec<u64>, StoreError> {
         let mut guard = self.lock();
         let inner = &mut *guard;
         // Validate: every key read still has the version the call saw, every listing answers
@@ -181,7 +222,21 @@ impl StateStore for MemoryStore {
             }
         }
         inner.usage.insert(plugin.to_owned(), after);
-        Ok(())
+        let mut ids = Vec::with_capacity(txn.actions.len());
+        for action in &txn.actions {
+            inner.next_action += 1;
+            let id = inner.next_action;
+            inner.outbox.insert(
+                id,
+                (
+                    plugin.to_owned(),
+                    action.clone(),
+                    txn.actions_lease_until_ms,
+                ),
+            );
+            ids.push(id);
+        }
+        Ok(ids)
     }
 }
 

@@ -14,6 +14,14 @@
 //! runs the call again on fresh state. Calls are therefore serializable with respect to the
 //! keys they touched (optimistic concurrency control): two concurrent read-modify-writes of a
 //! counter both count. A call that fails commits nothing.
+//!
+//! # Outbox
+//! With the outbox on, the actions a call returns are recorded in the same transaction as its
+//! state, leased to the caller (who carries them out from the `Decision`) and removed when
+//! acknowledged. Actions not acknowledged when their lease ends (the process died between the
+//! commit and carrying them out) are handed out again by
+//! [`StateStore::claim_actions`]: a crash between "the grace period ended" and "the room was
+//! purged" loses no purge. Actions are therefore carried out at least once.
 
 use std::collections::BTreeMap;
 
@@ -102,6 +110,29 @@ pub struct Transaction {
     pub lists: Vec<ListRead>,
     /// The writes.
     pub changes: Changes,
+    /// Actions to record in the outbox with the writes, as JSON (the host's `Action`).
+    pub actions: Vec<String>,
+    /// Until when the recorded actions are leased to the caller, who carries them out inline
+    /// from the call's `Decision`; not acknowledged by then, they are handed out again.
+    pub actions_lease_until_ms: u64,
+}
+
+impl Transaction {
+    /// Whether committing it would write nothing.
+    pub fn writes_nothing(&self) -> bool {
+        self.changes.is_empty() && self.actions.is_empty()
+    }
+}
+
+/// One action recorded in the outbox and not yet acknowledged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxEntry {
+    /// Its id, for [`StateStore::ack_actions`].
+    pub id: u64,
+    /// The plugin instance whose call returned it.
+    pub plugin: String,
+    /// The action, as JSON (the host's `Action`).
+    pub action: String,
 }
 
 impl Transaction {
@@ -201,7 +232,23 @@ pub trait StateStore: Send + Sync {
     /// version now or a listing would answer differently (a [`StoreError`] wrapping
     /// [`Conflict`]), or if its writes would take `plugin` past `quota` (wrapping
     /// [`QuotaExceeded`](crate::QuotaExceeded)).
-    fn commit(&self, plugin: &str, txn: &Transaction, quota: &Quota) -> Result<(), StoreError>;
+    /// Return the ids the transaction's actions got in the outbox, in order.
+    fn commit(
+        &self,
+        plugin: &str,
+        txn: &Transaction,
+        quota: &Quota,
+    ) -> Result<Vec<u64>, StoreError>;
+    /// Claim at most `limit` outbox actions not acknowledged and not leased at `now_ms`, oldest
+    /// first, and lease them until `lease_until_ms` (claimed once across processes).
+    fn claim_actions(
+        &self,
+        now_ms: u64,
+        limit: usize,
+        lease_until_ms: u64,
+    ) -> Result<Vec<OutboxEntry>, StoreError>;
+    /// Acknowledge actions carried out: they leave the outbox. Unknown ids are ignored.
+    fn ack_actions(&self, ids: &[u64]) -> Result<(), StoreError>;
 }
 
 /// A plugin's usage (keys, bytes with the per-entry overhead, timers), kept by every store

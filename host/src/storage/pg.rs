@@ -14,7 +14,8 @@ use std::sync::{Mutex, MutexGuard};
 use postgres::{Client, GenericClient, NoTls};
 
 use super::{
-    Conflict, Entry, Quota, ScheduledTimer, StateStore, Timer, Transaction, Usage, entry_bytes,
+    Conflict, Entry, OutboxEntry, Quota, ScheduledTimer, StateStore, Timer, Transaction, Usage,
+    entry_bytes,
 };
 use crate::error::StoreError;
 
@@ -50,6 +51,12 @@ CREATE TABLE IF NOT EXISTS mxpolicy_usage (
     timers BIGINT NOT NULL
 );
 CREATE SEQUENCE IF NOT EXISTS mxpolicy_versions;
+CREATE TABLE IF NOT EXISTS mxpolicy_outbox (
+    id BIGSERIAL PRIMARY KEY,
+    plugin TEXT NOT NULL,
+    action TEXT NOT NULL,
+    lease_until BIGINT NOT NULL
+);
 "#;
 
 /// A [`StateStore`] in a PostgreSQL database, shared by any number of processes.
@@ -249,7 +256,50 @@ impl StateStore for PostgresStore {
         })
     }
 
-    fn commit(&self, plugin: &str, txn: &Transaction, quota: &Quota) -> Result<(), StoreError> {
+    fn claim_actions(
+        &self,
+        now_ms: u64,
+        limit: usize,
+        lease_until_ms: u64,
+    ) -> Result<Vec<OutboxEntry>, StoreError> {
+        self.with(|db| {
+            let rows = db
+                .query(
+                    "UPDATE mxpolicy_outbox o SET lease_until = $3 FROM ( \
+                         SELECT id FROM mxpolicy_outbox WHERE lease_until <= $1 \
+                         ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED) c \
+                     WHERE o.id = c.id RETURNING o.id, o.plugin, o.action",
+                    &[&int(now_ms), &int(limit as u64), &int(lease_until_ms)],
+                )
+                .map_err(err)?;
+            let mut claimed: Vec<OutboxEntry> = rows
+                .iter()
+                .map(|r| OutboxEntry {
+                    id: uint(r.get(0)),
+                    plugin: r.get(1),
+                    action: r.get(2),
+                })
+                .collect();
+            claimed.sort_by_key(|e| e.id);
+            Ok(claimed)
+        })
+    }
+
+    fn ack_actions(&self, ids: &[u64]) -> Result<(), StoreError> {
+        let ids: Vec<i64> = ids.iter().map(|id| int(*id)).collect();
+        self.with(|db| {
+            db.execute("DELETE FROM mxpolicy_outbox WHERE id = ANY($1)", &[&ids])
+                .map_err(err)?;
+            Ok(())
+        })
+    }
+
+    fn commit(
+        &self,
+        plugin: &str,
+        txn: &Transaction,
+        quota: &Quota,
+    ) -> Result<Vec<u64>, StoreError> {
         self.with(|db| {
             let mut tx = db.transaction().map_err(err)?;
             tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&plugin])
@@ -376,7 +426,19 @@ impl StateStore for PostgresStore {
                 &[&plugin, &int(after.0), &int(after.1), &int(after.2)],
             )
             .map_err(err)?;
-            tx.commit().map_err(err)
+            let mut ids = Vec::with_capacity(txn.actions.len());
+            for action in &txn.actions {
+                let row = tx
+                    .query_one(
+                        "INSERT INTO mxpolicy_outbox (plugin, action, lease_until) \
+                         VALUES ($1, $2, $3) RETURNING id",
+                        &[&plugin, action, &int(txn.actions_lease_until_ms)],
+                    )
+                    .map_err(err)?;
+                ids.push(uint(row.get(0)));
+            }
+            tx.commit().map_err(err)?;
+            Ok(ids)
         })
     }
 }

@@ -16,7 +16,8 @@ use std::{
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use super::{
-    Conflict, Entry, Quota, ScheduledTimer, StateStore, Timer, Transaction, Usage, entry_bytes,
+    Conflict, Entry, OutboxEntry, Quota, ScheduledTimer, StateStore, Timer, Transaction, Usage,
+    entry_bytes,
 };
 use crate::error::StoreError;
 
@@ -47,6 +48,12 @@ CREATE TABLE IF NOT EXISTS mxpolicy_usage (
     keys INTEGER NOT NULL,
     bytes INTEGER NOT NULL,
     timers INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS mxpolicy_outbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    plugin TEXT NOT NULL,
+    action TEXT NOT NULL,
+    lease_until INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS mxpolicy_versions (
     id INTEGER PRIMARY KEY CHECK (id = 0),
@@ -283,7 +290,66 @@ impl StateStore for SqliteStore {
         })
     }
 
-    fn commit(&self, plugin: &str, txn: &Transaction, quota: &Quota) -> Result<(), StoreError> {
+    fn claim_actions(
+        &self,
+        now_ms: u64,
+        limit: usize,
+        lease_until_ms: u64,
+    ) -> Result<Vec<OutboxEntry>, StoreError> {
+        self.with(|conn| {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(err)?;
+            let claimed = {
+                let mut stmt = tx
+                    .prepare_cached(
+                        "UPDATE mxpolicy_outbox SET lease_until = ?3 WHERE id IN ( \
+                         SELECT id FROM mxpolicy_outbox WHERE lease_until <= ?1 \
+                         ORDER BY id LIMIT ?2) RETURNING id, plugin, action",
+                    )
+                    .map_err(err)?;
+                let rows = stmt
+                    .query_map(
+                        params![int(now_ms), int(limit as u64), int(lease_until_ms)],
+                        |r| {
+                            Ok(OutboxEntry {
+                                id: uint(r.get(0)?),
+                                plugin: r.get(1)?,
+                                action: r.get(2)?,
+                            })
+                        },
+                    )
+                    .map_err(err)?;
+                let mut claimed = rows.collect::<Result<Vec<_>, _>>().map_err(err)?;
+                claimed.sort_by_key(|e| e.id);
+                claimed
+            };
+            tx.commit().map_err(err)?;
+            Ok(claimed)
+        })
+    }
+
+    fn ack_actions(&self, ids: &[u64]) -> Result<(), StoreError> {
+        self.with(|conn| {
+            let tx = conn.transaction().map_err(err)?;
+            {
+                let mut del = tx
+                    .prepare_cached("DELETE FROM mxpolicy_outbox WHERE id = ?1")
+                    .map_err(err)?;
+                for id in ids {
+                    del.execute([int(*id)]).map_err(err)?;
+                }
+            }
+            tx.commit().map_err(err)
+        })
+    }
+
+    fn commit(
+        &self,
+        plugin: &str,
+        txn: &Transaction,
+        quota: &Quota,
+    ) -> Result<Vec<u64>, StoreError> {
         self.with(|conn| {
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -436,7 +502,18 @@ impl StateStore for SqliteStore {
                 params![plugin, int(after.0), int(after.1), int(after.2)],
             )
             .map_err(err)?;
-            tx.commit().map_err(err)
+            let mut ids = Vec::with_capacity(txn.actions.len());
+            for action in &txn.actions {
+                tx.prepare_cached(
+                    "INSERT INTO mxpolicy_outbox (plugin, action, lease_until) VALUES (?1, ?2, ?3)",
+                )
+                .map_err(err)?
+                .execute(params![plugin, action, int(txn.actions_lease_until_ms)])
+                .map_err(err)?;
+                ids.push(uint(tx.last_insert_rowid()));
+            }
+            tx.commit().map_err(err)?;
+            Ok(ids)
         })
     }
 }
