@@ -13,6 +13,7 @@ mod cli_limits;
 mod composition;
 mod consent;
 mod containment;
+mod crash;
 mod end_to_end;
 mod erasure;
 mod hardening;

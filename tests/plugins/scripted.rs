@@ -76,6 +76,10 @@ pub struct Config {
     /// counter), to test that concurrent calls lose no update.
     #[serde(default)]
     pub append: bool,
+    /// On each send, write the two related keys `pair/a/<body>` and `pair/b/<body>` and return
+    /// one server notice to the sender whose body is the message's body (the crash test).
+    #[serde(default)]
+    pub pair: bool,
 }
 
 /// The fixture policy.
@@ -291,6 +295,18 @@ impl Policy for Scripted {
         if let Some(room) = &self.config.query_members_of {
             let members = homeserver::members_of_room(&room.as_str().into());
             state::set("last-members", &members.len());
+        }
+        if self.config.pair {
+            let body = ctx.content["body"].as_str().unwrap_or_default();
+            state::set_raw(&format!("pair/a/{body}"), body.as_bytes());
+            state::set_raw(&format!("pair/b/{body}"), body.as_bytes());
+            let mut out = Outcome::allow();
+            out.actions.push(Action::SendServerNotice {
+                user: ctx.sender.clone(),
+                body: body.to_owned(),
+                content: Default::default(),
+            });
+            return out;
         }
         if self.config.append {
             let mut list: Vec<u64> = state::get("list").unwrap_or_default();
