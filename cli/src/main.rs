@@ -5,6 +5,7 @@
 //!   readable diff of every failed expectation on stderr.
 //!   `mxpolicy replay --list-ops` prints the ops a step can use.
 //! - `mxpolicy check PLUGIN... [--config FILE]` loads plugins and describes them.
+//! - `mxpolicy state export --store URL [--plugin P] [--user U]` prints plugin records as JSON.
 //!
 //! Exit status: 0 when everything holds, 1 when an expectation (or an explicit configuration)
 //! fails, 2 for bad input or usage.
@@ -12,7 +13,7 @@
 use std::{io::Write, path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
-use mxpolicy::{check, replay, scenario};
+use mxpolicy::{check, export, replay, scenario};
 
 /// Replay policy scenarios against real plugins, and inspect plugins.
 #[derive(Debug, Parser)]
@@ -62,6 +63,29 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Read a policy store.
+    State {
+        #[command(subcommand)]
+        command: StateCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum StateCommand {
+    /// Print plugin records as JSON: for auditors and for GDPR data-portability requests (a
+    /// user's consent history, erasure status, media list). Exit status 0, or 2 when the store
+    /// cannot be read.
+    Export {
+        /// The store: `sqlite:PATH` or `postgresql://USER@HOST/DB`.
+        #[arg(long)]
+        store: String,
+        /// One plugin instance (default: every instance with state).
+        #[arg(long)]
+        plugin: Option<String>,
+        /// Only the records whose key names this user id.
+        #[arg(long)]
+        user: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -96,6 +120,22 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::State {
+            command:
+                StateCommand::Export {
+                    store,
+                    plugin,
+                    user,
+                },
+        } => export::run(
+            &export::ExportArgs {
+                store,
+                plugin,
+                user,
+            },
+            &mut stdout.lock(),
+            &mut stderr.lock(),
+        ),
     };
     ExitCode::from(code as u8)
 }

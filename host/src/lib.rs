@@ -110,7 +110,7 @@ pub use spec::{
 pub use storage::MemoryStore;
 pub use storage::{
     Changes, Conflict, ENTRY_OVERHEAD_BYTES, Entry, ListRead, OutboxEntry, PostgresStore, Quota,
-    ScheduledTimer, SqliteStore, StateStore, Timer, Transaction, entry_bytes,
+    ScheduledTimer, SqliteStore, StateStore, Timer, Transaction, entry_bytes, open_store,
 };
 pub use types::{
     Action, Deactivation, FailurePolicy, HistoryVisibility, Hook, HttpRequest, HttpResponse,

@@ -37,6 +37,9 @@ impl StateStore for FlakyStore {
         }
         self.inner.get(plugin, key)
     }
+    fn plugins(&self) -> Result<Vec<String>, StoreError> {
+        self.inner.plugins()
+    }
     fn list(&self, plugin: &str, prefix: &str, limit: usize) -> Result<Vec<String>, StoreError> {
         if self.fail_reads.load(Ordering::SeqCst) {
             return Err(down());

@@ -56,6 +56,13 @@ impl StateStore for MemoryStore {
             .cloned())
     }
 
+    fn plugins(&self) -> Result<Vec<String>, StoreError> {
+        let inner = self.lock();
+        let mut plugins: Vec<String> = inner.kv.keys().map(|(p, _)| p.clone()).collect();
+        plugins.dedup();
+        Ok(plugins)
+    }
+
     fn list(&self, plugin: &str, prefix: &str, limit: usize) -> Result<Vec<String>, StoreError> {
         Ok(self.lock().list(plugin, prefix, limit))
     }

@@ -209,6 +209,8 @@ impl Quota {
 pub trait StateStore: Send + Sync {
     /// The value of `key` for `plugin`, with its version.
     fn get(&self, plugin: &str, key: &str) -> Result<Option<Entry>, StoreError>;
+    /// The plugin instances that have state, ascending (for audits and exports).
+    fn plugins(&self) -> Result<Vec<String>, StoreError>;
     /// The first `limit` keys of `plugin` starting with `prefix`, ascending.
     fn list(&self, plugin: &str, prefix: &str, limit: usize) -> Result<Vec<String>, StoreError>;
     /// The timer `id` of `plugin`, if scheduled.
@@ -273,5 +275,32 @@ impl Usage {
             }
         }
         Ok(())
+    }
+}
+
+/// Open the store a URL names: `sqlite:PATH` (or a path ending in `.db`/`.sqlite`) for
+/// [`SqliteStore`], `postgresql://...` or `postgres://...` for [`PostgresStore`]. The one
+/// spelling operators use everywhere a store is named (the CLI, the policy-set file).
+///
+/// ```
+/// let dir = std::env::temp_dir().join(format!("mxpolicy-open-{}", std::process::id()));
+/// std::fs::create_dir_all(&dir).unwrap();
+/// let url = format!("sqlite:{}", dir.join("state.db").display());
+/// assert!(mxpolicy_host::open_store(&url).is_ok());
+/// assert!(mxpolicy_host::open_store("redis://localhost").is_err());
+/// # std::fs::remove_dir_all(&dir).ok();
+/// ```
+pub fn open_store(url: &str) -> Result<std::sync::Arc<dyn StateStore>, StoreError> {
+    if url.starts_with("postgresql://") || url.starts_with("postgres://") {
+        return Ok(std::sync::Arc::new(PostgresStore::connect(url)?));
+    }
+    let path = url
+        .strip_prefix("sqlite:")
+        .or_else(|| (url.ends_with(".db") || url.ends_with(".sqlite")).then_some(url));
+    match path {
+        Some(path) if !path.is_empty() => Ok(std::sync::Arc::new(SqliteStore::open(path)?)),
+        _ => Err(StoreError::new(format!(
+            "unknown store {url:?}: use sqlite:PATH or postgresql://USER@HOST/DB"
+        ))),
     }
 }

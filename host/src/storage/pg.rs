@@ -204,6 +204,20 @@ impl StateStore for PostgresStore {
         })
     }
 
+    fn plugins(&self) -> Result<Vec<String>, StoreError> {
+        self.with(|db| {
+            Ok(db
+                .query(
+                    "SELECT DISTINCT plugin FROM mxpolicy_kv ORDER BY plugin",
+                    &[],
+                )
+                .map_err(err)?
+                .iter()
+                .map(|r| r.get(0))
+                .collect())
+        })
+    }
+
     fn list(&self, plugin: &str, prefix: &str, limit: usize) -> Result<Vec<String>, StoreError> {
         self.with(|db| list(db, plugin, prefix, limit))
     }

@@ -221,6 +221,16 @@ impl StateStore for SqliteStore {
         })
     }
 
+    fn plugins(&self) -> Result<Vec<String>, StoreError> {
+        self.with(|conn| {
+            let mut stmt = conn
+                .prepare_cached("SELECT DISTINCT plugin FROM mxpolicy_kv ORDER BY plugin")
+                .map_err(err)?;
+            let rows = stmt.query_map([], |r| r.get(0)).map_err(err)?;
+            rows.collect::<Result<Vec<String>, _>>().map_err(err)
+        })
+    }
+
     fn list(&self, plugin: &str, prefix: &str, limit: usize) -> Result<Vec<String>, StoreError> {
         self.with(|conn| list(conn, plugin, prefix, limit))
     }
