@@ -16,6 +16,7 @@ mod containment;
 mod crash;
 mod end_to_end;
 mod erasure;
+mod export;
 mod hardening;
 mod hot_swap;
 mod media;
