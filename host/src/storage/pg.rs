@@ -69,8 +69,16 @@ CREATE TABLE IF NOT EXISTS mxpolicy_outbox (
 pub struct PostgresStore {
     config: postgres::Config,
     /// Idle connections; a connection that saw an error is dropped, not pooled.
-    pool: Mutex<Vec<Client>>,
+    pool: Mutex<Vec<Conn>>,
 }
+
+/// A pooled connection and its prepared read (the hot path: one round trip, not two).
+struct Conn {
+    client: Client,
+    get: Option<postgres::Statement>,
+}
+
+const GET: &str = "SELECT value, version FROM mxpolicy_kv WHERE plugin = $1 AND key = $2";
 
 fn err(e: postgres::Error) -> StoreError {
     StoreError::new(e)
@@ -120,7 +128,7 @@ impl PostgresStore {
             }
         }
         tx.commit().map_err(err)?;
-        store.put(client);
+        store.put(Conn { client, get: None });
         Ok(store)
     }
 
@@ -130,32 +138,48 @@ impl PostgresStore {
             .map_err(|e| StoreError::new(format!("cannot connect to PostgreSQL: {e}")))
     }
 
-    fn pool(&self) -> MutexGuard<'_, Vec<Client>> {
+    fn pool(&self) -> MutexGuard<'_, Vec<Conn>> {
         self.pool.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn put(&self, client: Client) {
+    fn put(&self, conn: Conn) {
         let mut pool = self.pool();
-        if pool.len() < 8 && !client.is_closed() {
-            pool.push(client);
+        if pool.len() < 8 && !conn.client.is_closed() {
+            pool.push(conn);
         }
     }
 
-    /// Run `f` on a pooled connection; a connection whose operation failed is not reused.
+    /// Run `f` on a pooled connection; a connection whose operation failed is reused only if
+    /// it still answers.
+    fn with_conn<T>(
+        &self,
+        f: impl FnOnce(&mut Conn) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let pooled = self.pool().pop();
+        let mut conn = match pooled {
+            Some(c) => c,
+            None => Conn {
+                client: self.open()?,
+                get: None,
+            },
+        };
+        let result = f(&mut conn);
+        if result.is_ok()
+            || conn
+                .client
+                .is_valid(std::time::Duration::from_secs(1))
+                .is_ok()
+        {
+            self.put(conn);
+        }
+        result
+    }
+
     fn with<T>(
         &self,
         f: impl FnOnce(&mut Client) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        let pooled = self.pool().pop();
-        let mut client = match pooled {
-            Some(c) => c,
-            None => self.open()?,
-        };
-        let result = f(&mut client);
-        if result.is_ok() || client.is_valid(std::time::Duration::from_secs(1)).is_ok() {
-            self.put(client);
-        }
-        result
+        self.with_conn(|conn| f(&mut conn.client))
     }
 }
 
@@ -190,12 +214,18 @@ fn timer_from(plugin: &str, r: &postgres::Row) -> Timer {
 
 impl StateStore for PostgresStore {
     fn get(&self, plugin: &str, key: &str) -> Result<Option<Entry>, StoreError> {
-        self.with(|db| {
-            Ok(db
-                .query_opt(
-                    "SELECT value, version FROM mxpolicy_kv WHERE plugin = $1 AND key = $2",
-                    &[&plugin, &key],
-                )
+        self.with_conn(|conn| {
+            let stmt = match &conn.get {
+                Some(stmt) => stmt.clone(),
+                None => {
+                    let stmt = conn.client.prepare(GET).map_err(err)?;
+                    conn.get = Some(stmt.clone());
+                    stmt
+                }
+            };
+            Ok(conn
+                .client
+                .query_opt(&stmt, &[&plugin, &key])
                 .map_err(err)?
                 .map(|r| Entry {
                     value: r.get(0),
