@@ -9,7 +9,8 @@
 //! use mxpolicy_guest::{state, testing};
 //! testing::reset("hs.example");
 //! state::set("k", &42u32);
-//! assert_eq!(state::get::<u32>("k"), Some(42));
+//! assert_eq!(state::get::<u32>("k"), Ok(Some(42)));
+//! assert_eq!(state::get_raw("k"), Some(b"42".to_vec())); // JSON, as the host stores it
 //! ```
 
 use std::{

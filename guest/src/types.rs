@@ -382,9 +382,10 @@ pub struct TimerContext {
 }
 
 impl TimerContext {
-    /// Decode the payload stored by [`timers::schedule`](crate::timers::schedule).
-    pub fn payload<T: serde::de::DeserializeOwned>(&self) -> Option<T> {
-        postcard::from_bytes(&self.payload).ok()
+    /// Decode the payload stored by [`timers::schedule`](crate::timers::schedule) (JSON), or
+    /// the error naming the timer and the cause: a payload another build wrote may not decode.
+    pub fn payload<T: serde::de::DeserializeOwned>(&self) -> Result<T, crate::state::DecodeError> {
+        crate::host::decode_payload(&self.id, &self.payload)
     }
 }
 

@@ -14,6 +14,7 @@ mod composition;
 mod consent;
 mod containment;
 mod crash;
+mod encoding;
 mod end_to_end;
 mod erasure;
 mod export;

@@ -3,6 +3,13 @@
 // bombs, panics, oversized output), transactional state and timers through the real host with
 // a real compiled component. Built twice (scripted-a, scripted-b) under two names, so a chain
 // can hold two of them. Not an example of a good policy.
+//
+// The two builds differ in one record, so tests can roll a plugin back and forth: each crate
+// defines `Note`, the record under the key `note`, before including this file. scripted-a is
+// the older build (`text`), scripted-b the newer one (`text`, and `tags` added with a default).
+// The admin commands `note-write` (args: the note as JSON), `note-write-raw` (args: a string,
+// stored as its bytes) and `note-read` write and read it; `note-read` answers the decoding
+// error as data (`{"error": {...}}`), which shows the policy got it rather than trapped.
 
 use std::collections::BTreeMap;
 
@@ -87,9 +94,18 @@ pub struct Scripted {
     config: Config,
 }
 
+/// A value only this fixture writes (counters, the list). One that does not decode is a broken
+/// test set-up: the call traps, naming the key.
+fn own<T: serde::de::DeserializeOwned + Default>(key: &str) -> T {
+    match state::get::<T>(key) {
+        Ok(value) => value.unwrap_or_default(),
+        Err(e) => panic!("{e}"),
+    }
+}
+
 fn count(hook: &str) -> u64 {
     let key = format!("calls/{hook}");
-    let n = state::get::<u64>(&key).unwrap_or(0) + 1;
+    let n = own::<u64>(&key) + 1;
     state::set(&key, &n);
     n
 }
@@ -226,7 +242,7 @@ fn recurse(n: u64) -> u64 {
 
 /// Next value of a counter kept in state.
 fn next(key: &str) -> u64 {
-    let n = state::get::<u64>(key).unwrap_or(0);
+    let n = own::<u64>(key);
     state::set(key, &(n + 1));
     n
 }
@@ -309,7 +325,7 @@ impl Policy for Scripted {
             return out;
         }
         if self.config.append {
-            let mut list: Vec<u64> = state::get("list").unwrap_or_default();
+            let mut list: Vec<u64> = own("list");
             list.push(list.len() as u64);
             state::set("list", &list);
         }
@@ -402,7 +418,7 @@ impl Policy for Scripted {
                 let calls: BTreeMap<String, u64> = state::keys("calls/")
                     .into_iter()
                     .map(|k| {
-                        let n = state::get::<u64>(&k).unwrap_or(0);
+                        let n = own::<u64>(&k);
                         (k.trim_start_matches("calls/").to_owned(), n)
                     })
                     .collect();
@@ -410,11 +426,31 @@ impl Policy for Scripted {
             }
             "echo" => Ok(req.args.clone()),
             "count-keys" => Ok(json!(state::keys("k/").len())),
-            "list" => Ok(json!(state::get::<Vec<u64>>("list").unwrap_or_default())),
+            "list" => Ok(json!(own::<Vec<u64>>("list"))),
             "read" => Ok(json!(
                 state::get_raw(req.args.as_str().unwrap_or_default())
                     .map(|v| String::from_utf8_lossy(&v).into_owned())
             )),
+            "note-write" => {
+                let note: Note =
+                    serde_json::from_value(req.args.clone()).map_err(|e| e.to_string())?;
+                state::set("note", &note);
+                Ok(json!({ "written": note }))
+            }
+            "note-write-raw" => {
+                let bytes = req.args.as_str().ok_or("a string is required")?;
+                state::set_raw("note", bytes.as_bytes());
+                Ok(json!({ "written": bytes }))
+            }
+            "note-read" => Ok(match state::get::<Note>("note") {
+                Ok(note) => json!({ "note": note }),
+                Err(e) => json!({"error": {
+                    "key": e.key(),
+                    "type": e.type_name(),
+                    "cause": e.cause(),
+                    "message": e.to_string(),
+                }}),
+            }),
             other => Err(format!("unknown command `{other}`")),
         }
     }

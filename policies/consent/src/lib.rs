@@ -38,7 +38,7 @@ use maud::{Markup, html};
 use mxpolicy_guest::{
     Action, AdminRequest, ConfigError, Hook, HttpRequest, HttpResponse, Outcome, Policy,
     SendContext, ServeContext, ServeOutcome, UserId, UserKind, Viewer, export_policy, homeserver,
-    http::query_string,
+    http::query_string, log,
 };
 use serde_json::{Value, json};
 use sha2::Sha256;
@@ -197,7 +197,13 @@ impl Consent {
             return pages::forbidden();
         };
         let (u, h) = (u.unwrap_or_default(), h.unwrap_or_default());
-        let record = records::consent(user.as_str());
+        let record = match records::consent(user.as_str()) {
+            Ok(record) => record,
+            Err(e) => {
+                log::error(&format!("{e}; the consent page is not shown"));
+                return pages::record_unreadable();
+            }
+        };
         if let Some(a) = record.latest().filter(|a| a.version == self.s.version) {
             let note = pages::status(&html! {
                 "You (" (user.as_str()) ") accepted this version on "
@@ -235,12 +241,14 @@ impl Consent {
                 Some(&note),
             );
         }
-        let a = records::record_consent(
+        let Ok(a) = records::record_consent(
             user.as_str(),
             &self.s.version,
             req.now_ms,
             Source::ConsentPage,
-        );
+        ) else {
+            return pages::record_unreadable();
+        };
         let content = html! {
             h1 { "Thank you" }
             (pages::status(&html! {
@@ -278,7 +286,8 @@ impl Consent {
         // The given version is recorded even when it is not the current one (the terms shown
         // at registration may predate a swap): the audit stays truthful, and a user who
         // accepted an old version is still asked to accept the current one.
-        let a = records::record_consent(user.as_str(), version, req.now_ms, Source::Registration);
+        let a = records::record_consent(user.as_str(), version, req.now_ms, Source::Registration)
+            .map_err(|e| format!("{e}: nothing was recorded"))?;
         Ok(json!({
             "user": user,
             "version": a.version,
@@ -289,7 +298,7 @@ impl Consent {
 
     fn consent_status(&self, req: &AdminRequest) -> Result<Value, String> {
         let user = Self::admin_user(&req.args)?;
-        let record = records::consent(user.as_str());
+        let record = records::consent(user.as_str()).map_err(|e| e.to_string())?;
         let latest = record.latest();
         let mut answer = json!({
             "user": user,

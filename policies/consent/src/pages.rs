@@ -98,6 +98,20 @@ pub(crate) fn forbidden() -> HttpResponse {
     page(403, "Invalid consent link", &content)
 }
 
+/// The 500 page for a consent record this build cannot read (written by another build, or
+/// damaged): nothing is shown from it and nothing is recorded over it. The cause is in the
+/// homeserver's log, not on the page.
+pub(crate) fn record_unreadable() -> HttpResponse {
+    let content = html! {
+        h1 { "Consent record unavailable" }
+        p {
+            "Your consent record cannot be read right now, so nothing was recorded. Please try \
+             again later, or contact the server's administrator."
+        }
+    };
+    page(500, "Consent record unavailable", &content)
+}
+
 /// Plain text as HTML paragraphs: escaped, blank lines separate paragraphs, single newlines
 /// become `<br>`. The text is not Markdown (see the crate docs).
 pub(crate) fn plain_text_to_html(text: &str) -> String {

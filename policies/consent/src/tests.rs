@@ -3,7 +3,7 @@
 use mxpolicy_guest::{
     MatrixError, ServeEvent, Verdict,
     http::{form_value, percent_encode},
-    testing,
+    state, testing,
 };
 use serde_json::json;
 
@@ -202,7 +202,7 @@ fn notice_on_sync_for_local_unconsented_users_only() {
             .actions
             .is_empty()
     );
-    records::record_consent("@c:hs.example", "1.0", 1, Source::ConsentPage);
+    records::record_consent("@c:hs.example", "1.0", 1, Source::ConsentPage).unwrap();
     assert!(
         p.on_client_serve(&serve_to("@c:hs.example"))
             .actions
@@ -308,7 +308,7 @@ fn consent_page_flow() {
     assert_eq!(done.status, 200, "{}", text(&done));
     assert!(text(&done).contains("1970-01-01 00:00 UTC"));
     assert!(p.on_send(&msg(ALICE)).is_allow());
-    let record = records::consent(ALICE);
+    let record = records::consent(ALICE).unwrap();
     assert_eq!(record.latest().map(|a| a.accepted_at_ms), Some(5_000));
 
     // The page now says so, without a form.
@@ -346,7 +346,7 @@ fn forged_or_missing_h_is_refused_alike() {
         assert_eq!(r.status, 403);
         assert_eq!(r.body, refused[0].body);
     }
-    assert!(records::consent(ALICE).accepted.is_empty());
+    assert!(records::consent(ALICE).unwrap().accepted.is_empty());
     assert!(testing::state_keys().is_empty());
 }
 
@@ -531,4 +531,46 @@ fn admin_commands() {
         )
         .is_err()
     );
+}
+
+#[test]
+fn an_undecodable_consent_record_fails_closed_and_is_kept() {
+    let p = policy(json!({}));
+    // Written by a build whose record differs (here: `accepted` is no longer a list).
+    let foreign = br#"{"accepted": {"1.0": 5000}}"#.to_vec();
+    state::set_raw(&format!("consent/{ALICE}"), &foreign);
+
+    // Sends are denied, as for a user who never consented.
+    assert_eq!(p.on_send(&msg(ALICE)).errcode(), Some(ERRCODE));
+    // The page shows nothing from the record, and accepting records nothing over it.
+    let q = link_query(&p, ALICE);
+    let page = get(&q);
+    assert_eq!(page.status, 500);
+    assert!(text(&page).contains("cannot be read"));
+    let h = form_value(&q, "h").expect("h");
+    let done = http(
+        "POST",
+        "",
+        &format!("u={}&h={h}&v=1.0", percent_encode(ALICE)),
+    );
+    assert_eq!(done.status, 500);
+    // The admin commands name the key instead of answering "no consent".
+    let recorded = admin(
+        &p,
+        "record-consent",
+        json!({"user": ALICE, "version": "1.0"}),
+    );
+    let e = recorded.expect_err("refused");
+    assert!(
+        e.starts_with(&format!("state `consent/{ALICE}` does not decode as ")),
+        "{e}"
+    );
+    assert!(e.ends_with("nothing was recorded"), "{e}");
+    assert!(admin(&p, "consent-status", json!({"user": ALICE})).is_err());
+    assert_eq!(
+        state::get_raw(&format!("consent/{ALICE}")),
+        Some(foreign),
+        "the record is never overwritten"
+    );
+    assert!(p.on_send(&msg(ALICE)).errcode() == Some(ERRCODE));
 }

@@ -55,7 +55,9 @@ fn list_erasures() -> Result<Value, String> {
     let mut completed = Vec::new();
     for key in state::keys("erasure/") {
         let user = key.trim_start_matches("erasure/");
-        let Some(record) = load(user)? else { continue };
+        let Some(record) = load(user).map_err(|e| e.to_string())? else {
+            continue;
+        };
         if let Some(p) = &record.pending {
             pending.push(pending_json(user, p));
         }
@@ -71,7 +73,7 @@ fn erasure_status(args: &Value) -> Result<Value, String> {
         .get("user")
         .and_then(Value::as_str)
         .ok_or("`user` (a user id) is required")?;
-    let record = load(user)?.unwrap_or_default();
+    let record = load(user).map_err(|e| e.to_string())?.unwrap_or_default();
     Ok(json!({
         "user": user,
         "status": record.status(),
@@ -84,7 +86,8 @@ fn list_purged_rooms() -> Value {
     let rooms: Vec<Value> = state::keys("purged/")
         .into_iter()
         .map(|key| {
-            let at = state::try_get::<u64>(&key).ok().flatten();
+            // An undecodable time is shown as unknown; the room is listed all the same.
+            let at = state::get::<u64>(&key).ok().flatten();
             json!({"room": key.trim_start_matches("purged/"), "purged_at_ms": at})
         })
         .collect();

@@ -41,7 +41,9 @@ use sha2::Sha256;
 
 pub use crate::{
     config::{Config, FederationMode, MIN_SECRET_LEN},
-    lifecycle::{SECOND_FACTOR_ERRCODE, SECOND_FACTOR_FIELD},
+    lifecycle::{
+        SECOND_FACTOR_ERRCODE, SECOND_FACTOR_FIELD, UNREADABLE_ERRCODE, UNREADABLE_RETRY_MS,
+    },
 };
 
 /// The policy, built from its [`Config`].

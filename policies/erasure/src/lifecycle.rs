@@ -1,19 +1,29 @@
 //! The erasure lifecycle: the request (`on-deactivate`), its cancellation (`on-reactivate`),
 //! the end of the grace period (`on-timer`) and the purge of rooms whose members are all
 //! erased, fed by the rooms each user sent to (`on-send`).
+//!
+//! A user's record that does not decode (written by a build whose record differs) fails
+//! closed, and is kept as it is for a build that can read it:
+//! - an erasure request and a reactivation are refused ([`UNREADABLE_ERRCODE`]): either would
+//!   overwrite the legal record, or cancel an erasure it cannot see;
+//! - the timer does not make the erasure final nor purge anything: it fires again after
+//!   [`UNREADABLE_RETRY_MS`], and each time logs the error;
+//! - the user counts as not finally erased, so they keep every room they were in from being
+//!   purged (serving hides all their events: see `serve`).
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use mxpolicy_guest::{
     Action, DeactivateContext, Outcome, ReactivateContext, RoomId, SendContext, TimerContext,
-    UserId, homeserver, log, state, timers,
+    UserId, gdpr::DAY_MS, homeserver, log, state, state::DecodeError, timers,
 };
+use serde_json::Map;
 
 use crate::{
     Erasure,
     records::{
-        Completed, Pending, Record, TIMER_PREFIX, blocker_prefix, load, purged_key, rooms_under,
-        save, sent_prefix, timer_id, waiting_key,
+        Completed, Pending, TIMER_PREFIX, blocker_prefix, load, purged_key, rooms_under, save,
+        sent_prefix, timer_id, waiting_key,
     },
 };
 
@@ -22,6 +32,23 @@ pub const SECOND_FACTOR_ERRCODE: &str = "M_FORBIDDEN";
 /// The extra key of the second-factor veto's error body (`true`), so clients can tell this
 /// refusal from others and ask for the second factor.
 pub const SECOND_FACTOR_FIELD: &str = "org.mxpolicy.erasure.second_factor_required";
+/// The errcode of a deactivation or reactivation refused because the user's erasure record
+/// does not decode (the host's errcode for a policy that is unavailable).
+pub const UNREADABLE_ERRCODE: &str = "M_UNKNOWN";
+/// When the timer of an erasure whose record does not decode fires again: one day later.
+pub const UNREADABLE_RETRY_MS: u64 = DAY_MS;
+
+/// The refusal of a (de/re)activation over an undecodable record, logged.
+fn refuse_unreadable(e: &DecodeError, what: &str) -> Outcome {
+    log::error(&format!("{e}; the {what} is refused and the record kept"));
+    Outcome::deny(
+        UNREADABLE_ERRCODE,
+        format!(
+            "The erasure policy cannot read this account's erasure record, so the {what} was \
+             not carried out; please try again later"
+        ),
+    )
+}
 
 impl Erasure {
     /// Remember which rooms each user sent to (one key per user and room, written once), so
@@ -55,11 +82,8 @@ impl Erasure {
         }
         let mut record = match load(user.as_str()) {
             Ok(r) => r.unwrap_or_default(),
-            Err(e) => {
-                // Start afresh: a pending request filters everything, the safe direction.
-                log::error(&e);
-                Record::default()
-            }
+            // Starting afresh would replace the legal record with one that forgets it.
+            Err(e) => return refuse_unreadable(&e, "deactivation"),
         };
         let mut rooms: BTreeSet<String> = homeserver::rooms_of_user(user)
             .into_iter()
@@ -77,6 +101,7 @@ impl Erasure {
                     requested_at_ms: ctx.now_ms,
                     final_at_ms,
                     rooms: rooms.into_iter().collect(),
+                    rest: Map::new(),
                 });
                 timers::schedule(&timer_id(user.as_str()), final_at_ms, user.as_str());
                 log::info(&format!(
@@ -94,11 +119,9 @@ impl Erasure {
         let mut record = match load(user) {
             Ok(Some(r)) => r,
             Ok(None) => return Outcome::allow(),
-            Err(e) => {
-                // Keep the unreadable record (it filters everything) and let the account back.
-                log::error(&e);
-                return Outcome::allow();
-            }
+            // Whether a pending erasure must be cancelled is unknown: letting the account back
+            // could leave its erasure running, or end one the user did not cancel.
+            Err(e) => return refuse_unreadable(&e, "reactivation"),
         };
         if record.pending.take().is_some() {
             timers::cancel(&timer_id(user));
@@ -126,7 +149,13 @@ impl Erasure {
             Ok(Some(r)) => r,
             Ok(None) => return Vec::new(),
             Err(e) => {
-                log::error(&e);
+                // Neither final nor forgotten: ask again later (a build that reads the record
+                // may be back by then); serving hides everything meanwhile.
+                let retry_at_ms = ctx.now_ms.saturating_add(UNREADABLE_RETRY_MS);
+                log::error(&format!(
+                    "{e}; the erasure is not made final, the timer fires again at {retry_at_ms}"
+                ));
+                timers::schedule(&ctx.id, retry_at_ms, user);
                 return Vec::new();
             }
         };
@@ -142,6 +171,7 @@ impl Erasure {
             requested_at_ms: pending.requested_at_ms,
             completed_at_ms: ctx.now_ms,
             reactivated_at_ms: None,
+            rest: Map::new(),
         });
         save(user, &record);
         log::info(&format!("erasure of {user} is final"));
@@ -190,10 +220,15 @@ impl FinalCache {
 fn check_room(room: &str, now_ms: u64, server_name: &str, cache: &mut FinalCache) -> bool {
     // Forget who blocked it before: the answer is recomputed from scratch.
     let waiting = waiting_key(room);
-    if let Ok(Some(old)) = state::try_get::<Vec<String>>(&waiting) {
-        for user in old {
-            state::delete(&format!("{}{room}", blocker_prefix(&user)));
+    match state::get::<Vec<String>>(&waiting) {
+        Ok(old) => {
+            for user in old.unwrap_or_default() {
+                state::delete(&format!("{}{room}", blocker_prefix(&user)));
+            }
         }
+        // A cache, recomputed below: a stale blocker key only makes a later timer look at
+        // this room again.
+        Err(e) => log::warn(&format!("{e}; recomputing it")),
     }
     state::delete(&waiting);
     if state::get_raw(&purged_key(room)).is_some() {

@@ -1,7 +1,16 @@
 //! The state layout: one record per user, plus the keys that track rooms and purges.
+//!
+//! Values are JSON (the SDK's encoding), so a build before or after this one reads them:
+//! fields are only ever added, with defaults, and each part of a record keeps the fields it does
+//! not know (`rest`), so an older build that changes a newer build's record writes them back.
+//! A [`Record`] this build cannot decode is never
+//! taken for "no erasure" and never overwritten: serving hides all the user's events,
+//! (re)activation and erasure requests are refused, the timer waits (see the lifecycle), and
+//! the user blocks every purge.
 
-use mxpolicy_guest::state;
+use mxpolicy_guest::{state, state::DecodeError};
 use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
 
 /// What the plugin keeps about one user, under `erasure/<user>`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -10,6 +19,10 @@ pub(crate) struct Record {
     pub(crate) pending: Option<Pending>,
     /// The last erasure that became final.
     pub(crate) completed: Option<Completed>,
+    /// Fields a newer build wrote that this one does not know, kept when it writes the
+    /// record back (after a rollback, the older build must not erase them).
+    #[serde(flatten)]
+    pub(crate) rest: Map<String, Value>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -18,6 +31,10 @@ pub(crate) struct Pending {
     pub(crate) final_at_ms: u64,
     /// Rooms the user was joined to when asking (they leave them at once).
     pub(crate) rooms: Vec<String>,
+    /// Fields a newer build wrote that this one does not know, kept when it writes the
+    /// record back (after a rollback, the older build must not erase them).
+    #[serde(flatten)]
+    pub(crate) rest: Map<String, Value>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -27,6 +44,10 @@ pub(crate) struct Completed {
     /// Set when the account was reactivated after the erasure became final: events from then
     /// on are the user's new life and are served normally; earlier ones stay filtered.
     pub(crate) reactivated_at_ms: Option<u64>,
+    /// Fields a newer build wrote that this one does not know, kept when it writes the
+    /// record back (after a rollback, the older build must not erase them).
+    #[serde(flatten)]
+    pub(crate) rest: Map<String, Value>,
 }
 
 impl Record {
@@ -106,13 +127,12 @@ pub(crate) fn timer_id(user: &str) -> String {
 }
 
 /// The user's record: `Ok(None)` if there is none, `Err` if it does not decode.
-pub(crate) fn load(user: &str) -> Result<Option<Record>, String> {
-    state::try_get::<Record>(&record_key(user))
-        .map_err(|e| format!("erasure record of {user} does not decode: {e}"))
+pub(crate) fn load(user: &str) -> Result<Option<Record>, DecodeError> {
+    state::get::<Record>(&record_key(user))
 }
 
 pub(crate) fn save(user: &str, record: &Record) {
-    if record.pending.is_none() && record.completed.is_none() {
+    if record.pending.is_none() && record.completed.is_none() && record.rest.is_empty() {
         state::delete(&record_key(user));
     } else {
         state::set(&record_key(user), record);

@@ -66,7 +66,7 @@ impl Erasure {
                     Ok(None) => SenderState::Clear,
                     Ok(Some(r)) => SenderState::Erased(r),
                     Err(e) => {
-                        log::error(&e);
+                        log::error(&format!("{e}; every event of the user is hidden"));
                         SenderState::Unreadable
                     }
                 }

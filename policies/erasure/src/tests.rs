@@ -527,3 +527,94 @@ fn unreadable_record_filters_everything() {
             .any(|l| l.contains("does not decode"))
     );
 }
+
+#[test]
+fn an_unreadable_record_refuses_erasure_and_reactivation_and_is_kept() {
+    let p = policy(json!({}));
+    // A build whose record differs wrote it (here: a time became a string).
+    let foreign = br#"{"pending": {"requested_at_ms": "yesterday"}}"#.to_vec();
+    state::set_raw(&record_key(ALICE), &foreign);
+
+    let out = p.on_deactivate(&deactivate(ALICE, true, T0));
+    assert_eq!(out.errcode(), Some(UNREADABLE_ERRCODE));
+    assert!(out.actions.is_empty(), "{out:?}");
+    let out = p.on_reactivate(&reactivate(ALICE, T0));
+    assert_eq!(out.errcode(), Some(UNREADABLE_ERRCODE));
+    assert!(testing::timers().is_empty());
+    assert_eq!(state::get_raw(&record_key(ALICE)), Some(foreign));
+    // The admin commands name the record rather than answer "none".
+    let status = p.on_admin(&AdminRequest {
+        now_ms: T0,
+        command: "erasure-status".into(),
+        args: json!({"user": ALICE}),
+    });
+    let e = status.expect_err("unreadable");
+    assert!(
+        e.starts_with(&format!("state `erasure/{ALICE}` does not decode as ")),
+        "{e}"
+    );
+    assert!(e.contains("pending.requested_at_ms"), "{e}");
+    assert!(
+        testing::logs()
+            .iter()
+            .any(|l| l.contains("the deactivation is refused and the record kept"))
+    );
+}
+
+#[test]
+fn an_unreadable_record_at_the_timer_waits_and_blocks_purges() {
+    let p = policy(json!({"grace_period_ms": 10}));
+    testing::join(ROOM, ALICE);
+    testing::join(ROOM, BOB);
+    p.on_deactivate(&deactivate(ALICE, true, T0));
+    p.on_deactivate(&deactivate(BOB, true, T0));
+    let bobs = state::get_raw(&record_key(BOB)).unwrap();
+    state::set_raw(&record_key(BOB), b"\x01\x02\x03");
+
+    // Alice's erasure is final; Bob's record cannot be read: not final, no purge, the timer
+    // comes back a day later.
+    let actions = run_timers(&p, T0 + 10);
+    assert_eq!(actions, vec![Action::AnnounceErasure(ALICE.into())]);
+    assert_eq!(
+        testing::timers(),
+        vec![(format!("erase/{BOB}"), T0 + 10 + UNREADABLE_RETRY_MS)]
+    );
+    assert_eq!(
+        state::get_raw(&record_key(BOB)).as_deref(),
+        Some(&b"\x01\x02\x03"[..])
+    );
+
+    // A build that reads the record is back: the erasure completes and the room is purged.
+    state::set_raw(&record_key(BOB), &bobs);
+    let actions = run_timers(&p, T0 + 10 + UNREADABLE_RETRY_MS);
+    assert_eq!(actions[0], Action::AnnounceErasure(BOB.into()));
+    assert_eq!(purges(&actions), vec![ROOM]);
+}
+
+#[test]
+fn a_newer_builds_record_is_read_and_its_fields_kept_when_rewritten() {
+    let p = policy(json!({}));
+    // A newer build's final erasure, with fields this build does not know.
+    let newer = json!({
+        "pending": null,
+        "completed": {"requested_at_ms": T0, "completed_at_ms": T0 + 10,
+                      "reactivated_at_ms": null, "certificate": "c-1"},
+        "audit_id": 7,
+    });
+    state::set_raw(&record_key(ALICE), newer.to_string().as_bytes());
+    let ctx = serve(user(BOB), vec![event(ALICE, ROOM, 1, false)]);
+    assert_eq!(p.on_client_serve(&ctx).verdicts, vec![ServeVerdict::Redact]);
+    // This build rewrites it (a reactivation): the unknown fields are written back.
+    assert!(p.on_reactivate(&reactivate(ALICE, T0 + 20)).is_allow());
+    let stored: Value =
+        serde_json::from_slice(&state::get_raw(&record_key(ALICE)).unwrap()).unwrap();
+    assert_eq!(
+        stored,
+        json!({
+            "pending": null,
+            "completed": {"requested_at_ms": T0, "completed_at_ms": T0 + 10,
+                          "reactivated_at_ms": T0 + 20, "certificate": "c-1"},
+            "audit_id": 7,
+        })
+    );
+}

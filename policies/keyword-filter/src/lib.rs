@@ -9,11 +9,16 @@
 //! {"keywords": ["buy now", "free crypto"], "blocked_users": ["@spammer:evil.example"],
 //!  "errcode": "M_FORBIDDEN"}
 //! ```
+//!
+//! State: `denied/<user>`, the user's count of denials (JSON, by the SDK). A count this build
+//! cannot decode (written by another build) changes no decision: the message is denied all
+//! the same, the count is left as it is (not restarted, which would lose the other build's
+//! count), the denial is not counted, and the stats page shows it as unreadable.
 
 use maud::{DOCTYPE, html};
 use mxpolicy_guest::{
     ConfigError, Hook, HttpRequest, HttpResponse, Outcome, Policy, SendContext, UserKind,
-    export_policy, state,
+    export_policy, log, state,
 };
 use serde::Deserialize;
 
@@ -47,11 +52,21 @@ pub struct KeywordFilter {
 const TEXT_FIELDS: [&str; 3] = ["body", "formatted_body", "topic"];
 
 impl KeywordFilter {
-    fn count_denial(sender: &str) -> u64 {
+    /// Count a denial of `sender`; the new count, or `None` if the stored count does not
+    /// decode (it is then left as it is).
+    fn count_denial(sender: &str) -> Option<u64> {
         let key = format!("denied/{sender}");
-        let n = state::get::<u64>(&key).unwrap_or(0) + 1;
-        state::set(&key, &n);
-        n
+        match state::get::<u64>(&key) {
+            Ok(n) => {
+                let n = n.unwrap_or(0) + 1;
+                state::set(&key, &n);
+                Some(n)
+            }
+            Err(e) => {
+                log::warn(&format!("{e}; the denial is not counted"));
+                None
+            }
+        }
     }
 }
 
@@ -102,10 +117,12 @@ impl Policy for KeywordFilter {
         match hit {
             None => Outcome::allow(),
             Some(keyword) => {
-                let n = Self::count_denial(ctx.sender.as_str());
-                Outcome::deny(&self.errcode, "This message contains a blocked keyword")
-                    .with_field("org.mxpolicy.keyword", keyword.as_str())
-                    .with_field("org.mxpolicy.denials", n)
+                let out = Outcome::deny(&self.errcode, "This message contains a blocked keyword")
+                    .with_field("org.mxpolicy.keyword", keyword.as_str());
+                match Self::count_denial(ctx.sender.as_str()) {
+                    Some(n) => out.with_field("org.mxpolicy.denials", n),
+                    None => out,
+                }
             }
         }
     }
@@ -129,7 +146,12 @@ impl Policy for KeywordFilter {
                         @for key in &keys {
                             tr {
                                 td { (key.trim_start_matches("denied/")) }
-                                td { (state::get::<u64>(key).unwrap_or(0)) }
+                                td {
+                                    @match state::get::<u64>(key) {
+                                        Ok(n) => (n.unwrap_or(0)),
+                                        Err(_) => "unreadable",
+                                    }
+                                }
                             }
                         }
                     }
@@ -144,7 +166,7 @@ export_policy!(KeywordFilter);
 
 #[cfg(test)]
 mod tests {
-    use mxpolicy_guest::testing;
+    use mxpolicy_guest::{Verdict, testing};
     use serde_json::json;
 
     use super::*;
@@ -175,7 +197,8 @@ mod tests {
         let out = p.on_send(&msg("@a:hs.example", "BUY NOW please"));
         assert_eq!(out.errcode(), Some("M_FORBIDDEN"));
         p.on_send(&msg("@a:hs.example", "buy now!"));
-        assert_eq!(state::get::<u64>("denied/@a:hs.example"), Some(2));
+        assert_eq!(state::get::<u64>("denied/@a:hs.example"), Ok(Some(2)));
+        assert_eq!(state::get_raw("denied/@a:hs.example"), Some(b"2".to_vec()));
     }
 
     #[test]
@@ -211,5 +234,40 @@ mod tests {
         let body = String::from_utf8(page.body).unwrap();
         assert!(body.contains("<td>&lt;script&gt;</td><td>1</td>"), "{body}");
         assert!(!body.contains("<script>"));
+    }
+
+    #[test]
+    fn an_unreadable_count_still_denies_and_is_kept() {
+        let p = policy();
+        state::set_raw("denied/@a:hs.example", b"\x01 not json");
+        let out = p.on_send(&msg("@a:hs.example", "buy now"));
+        assert_eq!(out.errcode(), Some("M_FORBIDDEN"));
+        let Verdict::Deny(error) = &out.verdict else {
+            panic!("{out:?}")
+        };
+        assert_eq!(
+            error.fields.get("org.mxpolicy.keyword"),
+            Some(&json!("buy now"))
+        );
+        assert!(!error.fields.contains_key("org.mxpolicy.denials"));
+        assert_eq!(
+            state::get_raw("denied/@a:hs.example"),
+            Some(b"\x01 not json".to_vec())
+        );
+        assert!(
+            testing::logs()
+                .iter()
+                .any(|l| l.contains("state `denied/@a:hs.example` does not decode as u64"))
+        );
+        let page = p.on_http(&HttpRequest {
+            method: "GET".into(),
+            path: "/stats".into(),
+            ..Default::default()
+        });
+        let body = String::from_utf8(page.body).unwrap();
+        assert!(
+            body.contains("<td>@a:hs.example</td><td>unreadable</td>"),
+            "{body}"
+        );
     }
 }

@@ -1,4 +1,5 @@
-//! `on-admin`: `media-of-user`, `media-info`.
+//! `on-admin`: `media-of-user`, `media-info`. A record that does not decode makes the command
+//! fail with the error naming its key: an audit answer never leaves a record out silently.
 
 use mxpolicy_guest::{AdminRequest, state};
 use serde::Serialize;
@@ -7,9 +8,7 @@ use strum::{EnumString, VariantNames};
 
 use crate::{
     Erasure,
-    records::{
-        MediaRecord, Reference, by_user_prefix, erasure_of, gone_key, media_key, reference_keys,
-    },
+    records::{Reference, by_user_prefix, erasure_of, gone_key, media_of, reference_keys},
 };
 
 /// The admin commands, named in kebab-case (`media-of-user`).
@@ -54,25 +53,28 @@ fn media_of_user(args: &Value, now_ms: u64) -> Result<Value, String> {
         .ok_or("`user` (a user id) is required")?;
     let prefix = by_user_prefix(user);
     let mut total: u64 = 0;
-    let media: Vec<Value> = state::keys(&prefix)
-        .iter()
-        .filter_map(|key| {
-            let mxc = key.strip_prefix(&prefix)?;
-            let record = state::get::<MediaRecord>(&media_key(mxc))?;
-            total = total.saturating_add(record.size);
-            Some(json!({
-                "mxc": mxc,
-                "size": record.size,
-                "content_type": record.content_type,
-                "uploaded_at_ms": record.uploaded_at_ms,
-            }))
-        })
-        .collect();
+    let mut media = Vec::new();
+    for key in state::keys(&prefix) {
+        let Some(mxc) = key.strip_prefix(&prefix) else {
+            continue;
+        };
+        let Some(record) = media_of(mxc).map_err(|e| e.to_string())? else {
+            continue;
+        };
+        total = total.saturating_add(record.size);
+        media.push(json!({
+            "mxc": mxc,
+            "size": record.size,
+            "content_type": record.content_type,
+            "uploaded_at_ms": record.uploaded_at_ms,
+        }));
+    }
+    let erasure = erasure_of(user).map_err(|e| e.to_string())?;
     Ok(json!({
         "user": user,
         "media": media,
         "total_bytes": total,
-        "erasure": erasure_of(user).map(|e| erasure_json(&e, now_ms)),
+        "erasure": erasure.map(|e| erasure_json(&e, now_ms)),
     }))
 }
 
@@ -81,36 +83,39 @@ fn media_info(args: &Value, now_ms: u64) -> Result<Value, String> {
         .get("mxc")
         .and_then(Value::as_str)
         .ok_or("`mxc` (an mxc:// URI) is required")?;
-    let Some(record) = state::get::<MediaRecord>(&media_key(mxc)) else {
-        if let Some(deleted_at_ms) = state::get::<u64>(&gone_key(mxc)) {
+    let Some(record) = media_of(mxc).map_err(|e| e.to_string())? else {
+        if let Some(deleted_at_ms) = state::get::<u64>(&gone_key(mxc)).map_err(|e| e.to_string())? {
             return Ok(json!({"mxc": mxc, "deleted_at_ms": deleted_at_ms}));
         }
         return Err(format!("no media {mxc} was uploaded here"));
     };
-    let references: Vec<Value> = reference_keys(mxc)
-        .iter()
-        .filter_map(|key| state::get::<Reference>(key))
-        .map(|r| {
-            let joined = r
-                .members
-                .as_ref()
-                .and_then(|h| state::get::<Vec<String>>(&format!("members/{h}")));
-            json!({
-                "room_id": r.room_id,
-                "sender": r.sender,
-                "event_type": r.event_type,
-                "sent_at_ms": r.sent_at_ms,
-                "joined_at_send": joined,
-            })
-        })
-        .collect();
+    let mut references = Vec::new();
+    for key in reference_keys(mxc) {
+        let Some(r) = state::get::<Reference>(&key).map_err(|e| e.to_string())? else {
+            continue;
+        };
+        let joined = match &r.members {
+            Some(h) => {
+                state::get::<Vec<String>>(&format!("members/{h}")).map_err(|e| e.to_string())?
+            }
+            None => None,
+        };
+        references.push(json!({
+            "room_id": r.room_id,
+            "sender": r.sender,
+            "event_type": r.event_type,
+            "sent_at_ms": r.sent_at_ms,
+            "joined_at_send": joined,
+        }));
+    }
+    let erasure = erasure_of(&record.uploader).map_err(|e| e.to_string())?;
     Ok(json!({
         "mxc": mxc,
         "uploader": record.uploader,
         "size": record.size,
         "content_type": record.content_type,
         "uploaded_at_ms": record.uploaded_at_ms,
-        "uploader_erasure": erasure_of(&record.uploader).map(|e| erasure_json(&e, now_ms)),
+        "uploader_erasure": erasure.map(|e| erasure_json(&e, now_ms)),
         "references": references,
     }))
 }

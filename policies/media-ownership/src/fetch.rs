@@ -4,11 +4,11 @@
 
 use std::collections::BTreeSet;
 
-use mxpolicy_guest::{MediaFetchContext, Outcome, Requester, state};
+use mxpolicy_guest::{MediaFetchContext, Outcome, Requester, log, state};
 
 use crate::{
     MediaOwnership,
-    records::{MediaRecord, Reference, erasure_of, gone_key, media_key, reference_keys},
+    records::{Reference, erasure_of, gone_key, media_of, reference_keys},
 };
 
 /// The errcode of a refused fetch: the host's answer for media that does not exist.
@@ -20,16 +20,23 @@ impl MediaOwnership {
     /// `on-media-fetch`: refuse media covered by an erasure.
     pub(crate) fn fetch(&self, ctx: &MediaFetchContext) -> Outcome {
         let mxc = ctx.mxc.as_str();
-        let Some(record) = state::get::<MediaRecord>(&media_key(mxc)) else {
-            if state::get_raw(&gone_key(mxc)).is_some() {
-                // Deleted by an erasure: refused even if the homeserver still has a copy.
-                return not_found();
+        let record = match media_of(mxc) {
+            Ok(Some(record)) => record,
+            Ok(None) => {
+                if state::get_raw(&gone_key(mxc)).is_some() {
+                    // Deleted by an erasure: refused even if the homeserver still has a copy.
+                    return not_found();
+                }
+                // Not uploaded here (remote media, or before the plugin was loaded): not ours.
+                return Outcome::allow();
             }
-            // Not uploaded here (remote media, or before the plugin was loaded): not ours.
-            return Outcome::allow();
+            // Whose it is, and whether they are erased, is unknown.
+            Err(e) => return refuse_unreadable(&e),
         };
-        let Some(erasure) = erasure_of(&record.uploader) else {
-            return Outcome::allow();
+        let erasure = match erasure_of(&record.uploader) {
+            Ok(Some(erasure)) => erasure,
+            Ok(None) => return Outcome::allow(),
+            Err(e) => return refuse_unreadable(&e),
         };
         if !erasure.covers(record.uploaded_at_ms) {
             return Outcome::allow();
@@ -49,20 +56,29 @@ impl MediaOwnership {
     fn joined_at_a_reference(mxc: &str, user: &str) -> bool {
         let mut seen = BTreeSet::new();
         reference_keys(mxc).iter().any(|key| {
-            let Some(Reference {
+            // A reference or snapshot that does not decode proves nothing: no exception.
+            let Ok(Some(Reference {
                 members: Some(hash),
                 ..
-            }) = state::get::<Reference>(key)
+            })) = state::get::<Reference>(key)
             else {
                 return false;
             };
             if !seen.insert(hash.clone()) {
                 return false;
             }
-            state::get::<Vec<String>>(&format!("members/{hash}"))
-                .is_some_and(|members| members.iter().any(|m| m == user))
+            matches!(
+                state::get::<Vec<String>>(&format!("members/{hash}")),
+                Ok(Some(members)) if members.iter().any(|m| m == user)
+            )
         })
     }
+}
+
+/// Refuse a fetch over a record that does not decode, as if the media did not exist.
+fn refuse_unreadable(e: &mxpolicy_guest::state::DecodeError) -> Outcome {
+    log::error(&format!("{e}; the media is refused"));
+    not_found()
 }
 
 /// The answer for media that does not exist.

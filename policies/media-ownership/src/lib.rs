@@ -56,7 +56,9 @@ use serde_json::Value;
 pub use crate::{
     config::{Config, DEFAULT_DELETION_BATCH_SIZE, MAX_DELETION_BATCH_SIZE},
     fetch::{NOT_FOUND_ERRCODE, NOT_FOUND_MESSAGE},
+    lifecycle::UNREADABLE_RETRY_MS,
     records::{Erasure, MediaRecord, Reference},
+    upload::UNREADABLE_ERRCODE,
 };
 
 /// The policy.

@@ -1,6 +1,26 @@
 //! The state layout: what the plugin stores about media, references and erasures.
+//!
+//! Values are JSON (the SDK's encoding), so a build before or after this one reads them:
+//! fields are only ever added, with defaults. A value this build cannot decode is never taken
+//! for a missing one, and never overwritten; where it guards media, the answer fails closed:
+//! - fetch: a media record or an uploader's erasure record that does not decode refuses the
+//!   media (as if it did not exist); a reference or members snapshot that does not decode
+//!   gives no email-model exception;
+//! - upload: a record the upload would change (the URI's media record, a usage count) that
+//!   does not decode refuses the upload, before anything is written;
+//! - erasure request, reactivation (never vetoed, the erasure plugin decides): an erasure
+//!   record that does not decode is kept, its media stays refused; a request schedules the
+//!   timer so that the record is looked at again;
+//! - timer: an erasure record that does not decode deletes nothing and fires again a day later;
+//!   a media record that does not decode is not deleted (it stays refused) and is looked at
+//!   again a day later;
+//! - bookkeeping (the reference counter, a snapshot's count, a usage count while deleting):
+//!   left as it is, which at worst keeps a value longer or records fewer references;
+//! - admin commands answer with the error, naming the key.
+//!
+//! Each case is logged as an error naming the key.
 
-use mxpolicy_guest::state;
+use mxpolicy_guest::{state, state::DecodeError};
 use serde::{Deserialize, Serialize};
 
 /// The host refuses state keys longer than this (bytes).
@@ -115,6 +135,12 @@ pub(crate) fn reference_keys(mxc: &str) -> Vec<String> {
         .collect()
 }
 
-pub(crate) fn erasure_of(user: &str) -> Option<Erasure> {
+/// The user's erasure: `Ok(None)` if there is none, `Err` if it does not decode.
+pub(crate) fn erasure_of(user: &str) -> Result<Option<Erasure>, DecodeError> {
     state::get(&erasure_key(user))
+}
+
+/// The media's record: `Ok(None)` if it was not uploaded here, `Err` if it does not decode.
+pub(crate) fn media_of(mxc: &str) -> Result<Option<MediaRecord>, DecodeError> {
+    state::get(&media_key(mxc))
 }

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 
-use mxpolicy_guest::{Outcome, RoomId, SendContext, UserId, homeserver, state};
+use mxpolicy_guest::{Outcome, RoomId, SendContext, UserId, homeserver, log, state};
 use sha2::{Digest, Sha256};
 
 use crate::{
@@ -22,6 +22,18 @@ impl MediaOwnership {
         if known.is_empty() {
             return Outcome::allow();
         }
+        // A counter that does not decode could hand out numbers already used, overwriting
+        // references: record none for this event (fewer references only narrow the email-model
+        // exception), and never refuse the send for it.
+        let mut seq = match state::get::<u64>("ref-seq") {
+            Ok(seq) => seq.unwrap_or(0),
+            Err(e) => {
+                log::error(&format!(
+                    "{e}; the event's media references are not recorded"
+                ));
+                return Outcome::allow();
+            }
+        };
         let members = self.config.email_model_exception.then(|| {
             let hash = snapshot_members(&ctx.room_id);
             adjust_snapshot_refs(&hash, known.len() as i64);
@@ -32,7 +44,6 @@ impl MediaOwnership {
         } else {
             ctx.now_ms
         };
-        let mut seq = state::get::<u64>("ref-seq").unwrap_or(0);
         for mxc in &known {
             seq = seq.wrapping_add(1);
             state::set(
@@ -51,10 +62,18 @@ impl MediaOwnership {
     }
 }
 
-/// The members snapshot `hash` gets one more (or fewer) reference; dropped at zero.
+/// The members snapshot `hash` gets one more (or fewer) reference; dropped at zero. A count
+/// that does not decode is left as it is, and so is the snapshot (kept longer, never dropped
+/// while a reference may still point at it).
 pub(crate) fn adjust_snapshot_refs(hash: &str, delta: i64) {
     let rc_key = format!("members-rc/{hash}");
-    let rc = state::get::<u64>(&rc_key).unwrap_or(0);
+    let rc = match state::get::<u64>(&rc_key) {
+        Ok(rc) => rc.unwrap_or(0),
+        Err(e) => {
+            log::error(&format!("{e}; the snapshot is kept"));
+            return;
+        }
+    };
     let rc = if delta >= 0 {
         rc.saturating_add(delta.unsigned_abs())
     } else {

@@ -273,7 +273,7 @@ fn deletion_at_grace_end_and_not_before() {
     assert!(!keys.iter().any(|k| k.starts_with("usage/@alice")));
     // B's media and its reference (and the snapshot it points at) remain.
     assert!(state::get_raw("media/mxc://hs.example/b1").is_some());
-    assert_eq!(state::get::<u64>("usage/@bob:hs.example"), Some(30));
+    assert_eq!(state::get::<u64>("usage/@bob:hs.example"), Ok(Some(30)));
     assert_eq!(reference_keys("mxc://hs.example/b1").len(), 1);
     assert_eq!(keys.iter().filter(|k| k.starts_with("members/")).count(), 1);
     // Deleted media stays refused even if the homeserver still has a copy.
@@ -444,7 +444,7 @@ fn upload_limits() {
     assert!(upload(&p, T0, A, "mxc://hs.example/more", 50, "image/png").is_allow());
     // Content uploaded again for the same URI replaces it rather than adding to it.
     assert!(upload(&p, T0, A, "mxc://hs.example/more", 50, "image/png").is_allow());
-    assert_eq!(state::get::<u64>("usage/@alice:hs.example"), Some(150));
+    assert_eq!(state::get::<u64>("usage/@alice:hs.example"), Ok(Some(150)));
     // Refused uploads are not recorded.
     assert!(state::get_raw("media/mxc://hs.example/big").is_none());
     // Deleting media frees quota.
@@ -581,7 +581,7 @@ fn references_only_for_known_media_and_admin_api() {
     // Both references share one membership snapshot, counted twice.
     let snaps: Vec<String> = state::keys("members-rc/");
     assert_eq!(snaps.len(), 1);
-    assert_eq!(state::get::<u64>(&snaps[0]), Some(2));
+    assert_eq!(state::get::<u64>(&snaps[0]), Ok(Some(2)));
 
     let of_user = admin(&p, T0, "media-of-user", json!({"user": A})).expect("present");
     assert_eq!(
@@ -711,4 +711,191 @@ fn turning_the_exception_off_ends_it() {
         "mxc://hs.example/a1",
         user(B)
     )));
+}
+
+// ---- records this build cannot decode (written by another build, or damaged) ----
+
+/// Replace a value with bytes no build decodes; returns them.
+fn damage(key: &str) -> Vec<u8> {
+    let bytes = b"\x00 not json".to_vec();
+    state::set_raw(key, &bytes);
+    bytes
+}
+
+#[test]
+fn undecodable_media_or_erasure_records_refuse_the_media() {
+    let p = policy(json!({}));
+    upload(&p, T0, A, "mxc://hs.example/a1", 10, "image/png");
+    upload(&p, T0, B, "mxc://hs.example/b1", 10, "image/png");
+    let kept = damage("media/mxc://hs.example/a1");
+    // Bob's erasure record, as a newer build might write it (a field changed type).
+    state::set_raw(
+        "erasure/@bob:hs.example",
+        br#"{"requested_at_ms": 1, "final_at_ms": 2, "finalized": "partly"}"#,
+    );
+    for who in everyone() {
+        assert!(is_not_found(&fetch(
+            &p,
+            T0 + 1,
+            "mxc://hs.example/a1",
+            who.clone()
+        )));
+        assert!(is_not_found(&fetch(&p, T0 + 1, "mxc://hs.example/b1", who)));
+    }
+    assert_eq!(state::get_raw("media/mxc://hs.example/a1"), Some(kept));
+    // The admin commands name the record instead of leaving it out.
+    let e = admin(&p, T0, "media-info", json!({"mxc": "mxc://hs.example/a1"})).unwrap_err();
+    assert!(
+        e.starts_with("state `media/mxc://hs.example/a1` does not decode as "),
+        "{e}"
+    );
+    assert!(admin(&p, T0, "media-of-user", json!({"user": A})).is_err());
+    let e = admin(&p, T0, "media-of-user", json!({"user": B})).unwrap_err();
+    assert!(e.contains("finalized"), "{e}");
+    assert!(
+        testing::logs()
+            .iter()
+            .any(|l| l.contains("; the media is refused"))
+    );
+}
+
+#[test]
+fn undecodable_references_or_snapshots_give_no_exception() {
+    let p = policy(json!({"email_model_exception": true, "grace_period_ms": DAY}));
+    testing::join(ROOM, A);
+    testing::join(ROOM, B);
+    upload(&p, T0, A, "mxc://hs.example/a1", 10, "image/png");
+    send_image(&p, T0 + 1, B, "mxc://hs.example/a1");
+    erase(&p, T0 + 10, A);
+    assert!(fetch(&p, T0 + 11, "mxc://hs.example/a1", user(B)).is_allow());
+    let snapshot = testing::state_keys()
+        .into_iter()
+        .find(|k| k.starts_with("members/"))
+        .unwrap();
+    let members = state::get_raw(&snapshot).unwrap();
+    damage(&snapshot);
+    assert!(is_not_found(&fetch(
+        &p,
+        T0 + 11,
+        "mxc://hs.example/a1",
+        user(B)
+    )));
+    state::set_raw(&snapshot, &members);
+    damage(&reference_keys("mxc://hs.example/a1")[0]);
+    assert!(is_not_found(&fetch(
+        &p,
+        T0 + 11,
+        "mxc://hs.example/a1",
+        user(B)
+    )));
+}
+
+#[test]
+fn an_upload_that_would_overwrite_an_undecodable_record_is_refused_before_any_write() {
+    let p = policy(json!({}));
+    upload(&p, T0, A, "mxc://hs.example/a1", 10, "image/png");
+    let usage = damage("usage/@alice:hs.example");
+    let out = upload(&p, T0, A, "mxc://hs.example/a2", 5, "image/png");
+    assert_eq!(out.errcode(), Some(UNREADABLE_ERRCODE));
+    assert!(state::get_raw("media/mxc://hs.example/a2").is_none());
+    assert!(state::get_raw("by-user/@alice:hs.example/mxc://hs.example/a2").is_none());
+    assert_eq!(state::get_raw("usage/@alice:hs.example"), Some(usage));
+    // With a quota, the quota check refuses it first.
+    let quota = policy(json!({"quota_bytes": 100}));
+    damage("usage/@alice:hs.example");
+    let out = upload(&quota, T0, A, "mxc://hs.example/a2", 5, "image/png");
+    assert_eq!(out.errcode(), Some(UNREADABLE_ERRCODE));
+
+    // Content uploaded again for a URI whose record does not decode.
+    let p = policy(json!({}));
+    upload(&p, T0, A, "mxc://hs.example/a1", 10, "image/png");
+    let record = damage("media/mxc://hs.example/a1");
+    let out = upload(&p, T0 + 1, B, "mxc://hs.example/a1", 7, "image/png");
+    assert_eq!(out.errcode(), Some(UNREADABLE_ERRCODE));
+    assert_eq!(state::get_raw("media/mxc://hs.example/a1"), Some(record));
+    assert_eq!(state::get::<u64>("usage/@alice:hs.example"), Ok(Some(10)));
+    assert!(state::get_raw("usage/@bob:hs.example").is_none());
+}
+
+#[test]
+fn an_undecodable_erasure_deletes_nothing_and_its_timer_waits() {
+    let p = policy(json!({"grace_period_ms": DAY}));
+    upload(&p, T0, A, "mxc://hs.example/a1", 10, "image/png");
+    erase(&p, T0, A);
+    let readable = state::get_raw("erasure/@alice:hs.example").unwrap();
+    let kept = damage("erasure/@alice:hs.example");
+
+    // The timer deletes nothing and comes back a day later; the media stays refused.
+    assert!(run_timers(&p, T0 + DAY).is_empty());
+    assert_eq!(
+        testing::timers(),
+        vec![(
+            "erasure/@alice:hs.example".to_owned(),
+            T0 + DAY + UNREADABLE_RETRY_MS
+        )]
+    );
+    assert!(state::get_raw("media/mxc://hs.example/a1").is_some());
+    assert!(is_not_found(&fetch(
+        &p,
+        T0 + DAY,
+        "mxc://hs.example/a1",
+        user(B)
+    )));
+    // Neither a reactivation nor a new request (never vetoed) overwrites or cancels it; a new
+    // request sets the timer so that the record is looked at again.
+    assert!(reactivate(&p, T0 + DAY, A).is_allow());
+    assert!(erase(&p, T0 + DAY, A).is_allow());
+    assert_eq!(state::get_raw("erasure/@alice:hs.example"), Some(kept));
+    assert_eq!(
+        testing::timers(),
+        vec![("erasure/@alice:hs.example".to_owned(), T0 + 2 * DAY)]
+    );
+
+    // A build that reads the record is back: the deletion runs.
+    state::set_raw("erasure/@alice:hs.example", &readable);
+    assert_eq!(
+        run_timers(&p, T0 + 2 * DAY),
+        vec![Action::DeleteMedia("mxc://hs.example/a1".into())]
+    );
+}
+
+#[test]
+fn an_undecodable_media_record_is_not_deleted_and_is_looked_at_again() {
+    let p = policy(json!({"grace_period_ms": DAY}));
+    upload(&p, T0, A, "mxc://hs.example/a1", 10, "image/png");
+    upload(&p, T0, A, "mxc://hs.example/a2", 20, "image/png");
+    erase(&p, T0, A);
+    let kept = damage("media/mxc://hs.example/a2");
+    assert_eq!(
+        run_timers(&p, T0 + DAY),
+        vec![Action::DeleteMedia("mxc://hs.example/a1".into())]
+    );
+    assert_eq!(state::get_raw("media/mxc://hs.example/a2"), Some(kept));
+    assert!(state::get_raw("by-user/@alice:hs.example/mxc://hs.example/a2").is_some());
+    assert_eq!(
+        testing::timers(),
+        vec![(
+            "erasure/@alice:hs.example".to_owned(),
+            T0 + DAY + UNREADABLE_RETRY_MS
+        )]
+    );
+    assert!(is_not_found(&fetch(
+        &p,
+        T0 + DAY,
+        "mxc://hs.example/a2",
+        user(B)
+    )));
+    // Still unreadable a day later: nothing more is deleted, and it waits again.
+    assert!(run_timers(&p, T0 + DAY + UNREADABLE_RETRY_MS).is_empty());
+    assert_eq!(testing::timers().len(), 1);
+}
+
+#[test]
+fn an_undecodable_reference_counter_records_no_reference_and_allows_the_send() {
+    let p = policy(json!({}));
+    upload(&p, T0, A, "mxc://hs.example/a1", 10, "image/png");
+    let seq = damage("ref-seq");
+    assert!(send_image(&p, T0 + 1, B, "mxc://hs.example/a1").is_allow());
+    assert!(reference_keys("mxc://hs.example/a1").is_empty());
+    assert_eq!(state::get_raw("ref-seq"), Some(seq));
 }

@@ -2,12 +2,18 @@
 //! uploaded what.
 
 use mime::Mime;
-use mxpolicy_guest::{MediaUploadContext, Outcome, state};
+use mxpolicy_guest::{MediaUploadContext, Outcome, log, state, state::DecodeError};
 
 use crate::{
     MediaOwnership,
-    records::{MAX_KEY_BYTES, MediaRecord, by_user_prefix, media_key, ref_prefix, usage_key},
+    records::{
+        MAX_KEY_BYTES, MediaRecord, by_user_prefix, media_key, media_of, ref_prefix, usage_key,
+    },
 };
+
+/// The errcode of an upload refused because a record it would change does not decode (the
+/// host's errcode for a policy that is unavailable).
+pub const UNREADABLE_ERRCODE: &str = "M_UNKNOWN";
 
 impl MediaOwnership {
     /// `on-media-upload`: apply the limits, then record the upload.
@@ -15,11 +21,24 @@ impl MediaOwnership {
         if let Some(refusal) = self.check_upload(ctx) {
             return refusal;
         }
+        match Self::record_upload(ctx) {
+            Ok(()) => Outcome::allow(),
+            Err(e) => refuse_unreadable(&e),
+        }
+    }
+
+    /// Record the upload: who, how big, what type, when; the uploader's index and usage.
+    /// Every record it changes is decoded before anything is written, so one that does not
+    /// decode refuses the upload and nothing is overwritten.
+    fn record_upload(ctx: &MediaUploadContext) -> Result<(), DecodeError> {
         let mxc = ctx.mxc.as_str();
         let user = ctx.uploader.as_str();
-        if let Some(old) = state::get::<MediaRecord>(&media_key(mxc)) {
+        let old = media_of(mxc)?;
+        state::get::<u64>(&usage_key(user))?;
+        if let Some(old) = &old {
+            state::get::<u64>(&usage_key(&old.uploader))?;
             // Content uploaded again for the same URI: replace the old record's accounting.
-            Self::forget_usage_and_index(mxc, &old);
+            Self::forget_usage_and_index(mxc, old)?;
         }
         state::set(
             &media_key(mxc),
@@ -32,11 +51,11 @@ impl MediaOwnership {
         );
         state::set_raw(&format!("{}{mxc}", by_user_prefix(user)), &[]);
         let key = usage_key(user);
-        let usage = state::get::<u64>(&key)
+        let usage = state::get::<u64>(&key)?
             .unwrap_or(0)
             .saturating_add(ctx.size);
         state::set(&key, &usage);
-        Outcome::allow()
+        Ok(())
     }
 
     /// Refuse an upload, or `None` to accept it.
@@ -84,12 +103,16 @@ impl MediaOwnership {
             ));
         }
         if let Some(quota) = self.config.quota_bytes {
-            let mut used = state::get::<u64>(&usage_key(user)).unwrap_or(0);
+            // What the user stores is unknown: the quota cannot be checked.
+            let mut used = match state::get::<u64>(&usage_key(user)) {
+                Ok(used) => used.unwrap_or(0),
+                Err(e) => return Some(refuse_unreadable(&e)),
+            };
             // Re-uploading content for the same URI (asynchronous uploads) replaces it.
-            if let Some(old) = state::get::<MediaRecord>(&media_key(mxc))
-                && old.uploader == user
-            {
-                used = used.saturating_sub(old.size);
+            match media_of(mxc) {
+                Ok(Some(old)) if old.uploader == user => used = used.saturating_sub(old.size),
+                Ok(_) => {}
+                Err(e) => return Some(refuse_unreadable(&e)),
             }
             if used.saturating_add(ctx.size) > quota {
                 return Some(Outcome::deny(
@@ -107,14 +130,24 @@ impl MediaOwnership {
 
     /// Remove a media's index entry and its share of its uploader's usage (before the record
     /// is replaced by a new upload for the same URI).
-    fn forget_usage_and_index(mxc: &str, old: &MediaRecord) {
-        state::delete(&format!("{}{mxc}", by_user_prefix(&old.uploader)));
+    fn forget_usage_and_index(mxc: &str, old: &MediaRecord) -> Result<(), DecodeError> {
         let key = usage_key(&old.uploader);
-        let usage = state::get::<u64>(&key)
+        let usage = state::get::<u64>(&key)?
             .unwrap_or(0)
             .saturating_sub(old.size);
+        state::delete(&format!("{}{mxc}", by_user_prefix(&old.uploader)));
         state::set(&key, &usage);
+        Ok(())
     }
+}
+
+/// Refuse an upload over a record that does not decode (kept as it is).
+fn refuse_unreadable(e: &DecodeError) -> Outcome {
+    log::error(&format!("{e}; the upload is refused"));
+    Outcome::deny(
+        UNREADABLE_ERRCODE,
+        "The media policy cannot read its records for this upload; please try again later",
+    )
 }
 
 /// The type an upload declares, as the limits see it: `type/subtype` without parameters,
