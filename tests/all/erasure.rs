@@ -934,3 +934,17 @@ fn a_batch_of_hundreds_of_events_gets_one_verdict_each() {
         assert_eq!(s.verdict, expected, "event {i}");
     }
 }
+
+#[test]
+fn the_grace_timer_is_idempotent_when_delivered_again() {
+    // Timers fire at least once: a second delivery of the final timer changes nothing.
+    let t = host_with(json!({}));
+    erase(&t, ALICE);
+    let actions = advance_and_run_timers(&t, GRACE_MS);
+    assert_eq!(actions, vec![Action::AnnounceErasure { user: user(ALICE) }]);
+    let before = status(&t, ALICE);
+    crate::support::redeliver_timer(&t, "erasure", &format!("erase/{ALICE}"), &json!(ALICE));
+    let again = advance_and_run_timers(&t, 1);
+    assert!(again.is_empty(), "{again:?}");
+    assert_eq!(status(&t, ALICE), before);
+}

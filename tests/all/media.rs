@@ -531,3 +531,28 @@ fn state_survives_a_hot_swap() {
     deleted.sort();
     assert_eq!(deleted, vec![A_MEDIA, A_MEDIA_2]);
 }
+
+#[test]
+fn the_deletion_timer_is_idempotent_when_delivered_again() {
+    // Timers fire at least once: a second delivery deletes nothing again.
+    let t = media_ownership(json!({"grace_period_ms": GRACE}));
+    scene(&t);
+    erase(&t, ALICE);
+    t.clock.advance(GRACE);
+    let fired = t.host.run_timers().expect("run timers");
+    assert_eq!(deleted_media(&fired.actions).len(), 2);
+    crate::support::redeliver_timer(
+        &t,
+        "media-ownership",
+        &format!("erasure/{ALICE}"),
+        &json!(ALICE),
+    );
+    let again = t.host.run_timers().expect("run timers");
+    assert_eq!(again.outcome.len(), 1, "delivered");
+    assert!(again.outcome[0].ok);
+    assert!(
+        deleted_media(&again.actions).is_empty(),
+        "{:?}",
+        again.actions
+    );
+}

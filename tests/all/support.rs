@@ -116,3 +116,22 @@ pub fn test_host() -> TestHost {
         store,
     }
 }
+
+/// Deliver timer `id` of `plugin` again, due now, with `payload` as the SDK writes it (JSON):
+/// what happens when a handler's process dies after its effects but before its commit, or
+/// any other duplicate delivery. Timer handlers must be idempotent under it.
+pub fn redeliver_timer(t: &TestHost, plugin: &str, id: &str, payload: &serde_json::Value) {
+    use mxpolicy_host::{Changes, Clock, Quota, ScheduledTimer, StateStore, Transaction};
+    let mut changes = Changes::default();
+    changes.timers.insert(
+        id.to_owned(),
+        Some(ScheduledTimer {
+            due_ms: t.clock.now_ms(),
+            payload: serde_json::to_vec(payload).expect("json"),
+            attempts: 0,
+        }),
+    );
+    t.store
+        .commit(plugin, &Transaction::writes(changes), &Quota::UNLIMITED)
+        .expect("redeliver");
+}
