@@ -442,3 +442,26 @@ fn postgres_refuses_a_schema_from_another_version() {
         .to_string();
     assert!(err.contains("schema version 99"), "{err}");
 }
+
+#[test]
+fn sqlite_cached_reads_see_another_processs_commits_within_the_bound() {
+    // Two stores on one file: two processes as far as SQLite knows.
+    let dir = TempDir::new("sqlite-cache");
+    let path = dir.0.join("state.db");
+    let one = SqliteStore::open(&path).unwrap();
+    let two = SqliteStore::open(&path).unwrap();
+    one.commit("a", &writes(&[("k", Some(b"1"))]), &ANY).unwrap();
+    let seen = one.get("a", "k").unwrap().unwrap();
+    assert_eq!(seen.value, b"1");
+    two.commit("a", &writes(&[("k", Some(b"2"))]), &ANY).unwrap();
+    // A write based on the cached read conflicts at once (validated against the file), and the
+    // conflict empties the cache: the re-run reads the other process's value.
+    let mut txn = writes(&[("k", Some(b"3"))]);
+    txn.reads.insert("k".into(), seen.version);
+    assert!(is_conflict(one.commit("a", &txn, &ANY)));
+    assert_eq!(one.get("a", "k").unwrap().unwrap().value, b"2");
+    // A plain read sees another process's commit within the documented bound (50 ms).
+    two.commit("a", &writes(&[("k", Some(b"4"))]), &ANY).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(120));
+    assert_eq!(one.get("a", "k").unwrap().unwrap().value, b"4");
+}

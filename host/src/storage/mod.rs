@@ -29,6 +29,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{QuotaExceeded, StoreError};
 
+mod cache;
 #[cfg(feature = "testing")]
 mod memory;
 mod pg;

@@ -17,7 +17,7 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use super::{
     Conflict, Entry, OutboxEntry, Quota, ScheduledTimer, StateStore, Timer, Transaction, Usage,
-    entry_bytes,
+    cache::ReadCache, entry_bytes,
 };
 use crate::error::StoreError;
 
@@ -76,6 +76,10 @@ pub struct SqliteStore {
     path: PathBuf,
     /// Open connections, taken one per operation (SQLite connections are not `Sync`).
     pool: Mutex<Vec<Connection>>,
+    /// A connection that never writes: its `PRAGMA data_version` changes when any other
+    /// connection (of this process or another) commits, which is what empties the cache.
+    watch: Mutex<Connection>,
+    cache: ReadCache,
 }
 
 fn err(e: rusqlite::Error) -> StoreError {
@@ -95,9 +99,13 @@ fn uint(v: i64) -> u64 {
 impl SqliteStore {
     /// Open (or create) the store at `path`, creating or checking its schema.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
+        let path = path.as_ref().to_owned();
+        let watch = Self::connect_to(&path)?;
         let store = Self {
-            path: path.as_ref().to_owned(),
+            path,
             pool: Mutex::new(Vec::new()),
+            watch: Mutex::new(watch),
+            cache: ReadCache::new(),
         };
         let conn = store.connect()?;
         conn.execute_batch(SCHEMA).map_err(err)?;
@@ -126,8 +134,12 @@ impl SqliteStore {
     }
 
     fn connect(&self) -> Result<Connection, StoreError> {
-        let conn = Connection::open(&self.path)
-            .map_err(|e| StoreError::new(format!("cannot open {}: {e}", self.path.display())))?;
+        Self::connect_to(&self.path)
+    }
+
+    fn connect_to(path: &Path) -> Result<Connection, StoreError> {
+        let conn = Connection::open(path)
+            .map_err(|e| StoreError::new(format!("cannot open {}: {e}", path.display())))?;
         conn.busy_timeout(Duration::from_secs(10)).map_err(err)?;
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(err)?;
@@ -205,7 +217,17 @@ fn timer_row(plugin: &str, row: &rusqlite::Row<'_>) -> rusqlite::Result<Timer> {
 
 impl StateStore for SqliteStore {
     fn get(&self, plugin: &str, key: &str) -> Result<Option<Entry>, StoreError> {
-        self.with(|conn| {
+        let data_version = || {
+            self.watch
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .query_row("PRAGMA data_version", [], |r| r.get::<_, i64>(0))
+                .ok()
+        };
+        if let Some(row) = self.cache.get(plugin, key, data_version) {
+            return Ok(row);
+        }
+        let row = self.with(|conn| {
             conn.prepare_cached(
                 "SELECT value, version FROM mxpolicy_kv WHERE plugin = ?1 AND key = ?2",
             )
@@ -218,7 +240,9 @@ impl StateStore for SqliteStore {
             })
             .optional()
             .map_err(err)
-        })
+        })?;
+        self.cache.put(plugin, key, row.clone());
+        Ok(row)
     }
 
     fn plugins(&self) -> Result<Vec<String>, StoreError> {
@@ -355,6 +379,25 @@ impl StateStore for SqliteStore {
     }
 
     fn commit(
+        &self,
+        plugin: &str,
+        txn: &Transaction,
+        quota: &Quota,
+    ) -> Result<Vec<u64>, StoreError> {
+        // Whatever the outcome, the keys it meant to write are not trusted from the cache any
+        // more; after a failure nothing is (a conflict's re-run must read fresh rows).
+        self.cache.forget(plugin, txn.changes.kv.keys());
+        let result = self.commit_rows(plugin, txn, quota);
+        match &result {
+            Ok(_) => self.cache.forget(plugin, txn.changes.kv.keys()),
+            Err(_) => self.cache.clear(),
+        }
+        result
+    }
+}
+
+impl SqliteStore {
+    fn commit_rows(
         &self,
         plugin: &str,
         txn: &Transaction,
