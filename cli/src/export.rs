@@ -42,7 +42,7 @@ pub fn export(store: &dyn StateStore, args: &ExportArgs) -> anyhow::Result<Value
     let mut out = Map::new();
     for plugin in plugins {
         let mut records = Map::new();
-        for key in store.list(&plugin, "", usize::MAX)? {
+        for key in store.list(&plugin, "", None, usize::MAX)? {
             if args
                 .user
                 .as_ref()

@@ -211,10 +211,46 @@ pub mod state {
         raw::delete(key);
     }
 
-    /// Keys starting with `prefix`, ascending.
+    /// Keys starting with `prefix`, ascending. The host refuses (the call fails) a prefix with
+    /// more than 10,000 keys rather than cut the list: use [`keys_iter`] for prefixes that
+    /// grow with the server (every user's records, every medium of a user).
     pub fn keys(prefix: &str) -> Vec<String> {
         raw::keys(prefix)
     }
+
+    /// At most `limit` keys starting with `prefix` and sorting after `after`, ascending: one
+    /// page. An empty page is the end.
+    pub fn keys_page(prefix: &str, after: Option<&str>, limit: u32) -> Vec<String> {
+        raw::keys_page(prefix, after, limit)
+    }
+
+    /// Every key starting with `prefix`, ascending, fetched a page of [`PAGE`] at a time:
+    /// for prefixes of any size.
+    pub fn keys_iter(prefix: &str) -> impl Iterator<Item = String> + '_ {
+        let mut page: std::vec::IntoIter<String> = Vec::new().into_iter();
+        let mut last: Option<String> = None;
+        let mut done = false;
+        std::iter::from_fn(move || {
+            loop {
+                if let Some(key) = page.next() {
+                    last = Some(key.clone());
+                    return Some(key);
+                }
+                if done {
+                    return None;
+                }
+                let next = keys_page(prefix, last.as_deref(), PAGE);
+                done = next.len() < PAGE as usize;
+                if next.is_empty() {
+                    return None;
+                }
+                page = next.into_iter();
+            }
+        })
+    }
+
+    /// The page size of [`keys_iter`].
+    pub const PAGE: u32 = 1000;
 }
 
 /// Durable timers that fire the `on_timer` hook. Payloads are JSON, like state values; the

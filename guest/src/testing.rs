@@ -125,6 +125,15 @@ pub mod native {
                     .collect()
             })
         }
+        pub fn keys_page(prefix: &str, after: Option<&str>, limit: u32) -> Vec<String> {
+            with(|m| {
+                m.kv.keys()
+                    .filter(|k| k.starts_with(prefix) && after.is_none_or(|a| k.as_str() > a))
+                    .take(limit as usize)
+                    .cloned()
+                    .collect()
+            })
+        }
     }
 
     pub mod timers {

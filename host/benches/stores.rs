@@ -80,7 +80,7 @@ fn seed(target: &dyn StateStore) {
         .expect("record");
     }
     let mut txn = Transaction::default();
-    for key in memory.list("consent", "", usize::MAX).expect("keys") {
+    for key in memory.list("consent", "", None, usize::MAX).expect("keys") {
         let value = memory.get("consent", &key).expect("get").map(|e| e.value);
         txn.changes.kv.insert(key, value);
     }

@@ -473,7 +473,7 @@ impl Host {
 
     /// List a plugin's state keys under `prefix`.
     pub fn list_state(&self, plugin: &str, prefix: &str) -> Result<Vec<String>> {
-        Ok(self.state.list(plugin, prefix, usize::MAX)?)
+        Ok(self.state.list(plugin, prefix, None, usize::MAX)?)
     }
 
     fn now(&self) -> u64 {

@@ -20,13 +20,16 @@ use crate::{
     types::{Hook, PluginInfo},
 };
 
+/// The version of the `mxpolicy:policy` world this host runs (`wit/policy.wit`).
+pub(crate) const WIT_VERSION: &str = "0.2.0";
+
 /// The interfaces a plugin may import: the `mxpolicy:policy` world, nothing else.
 pub(crate) const ALLOWED_IMPORTS: [&str; 5] = [
-    "mxpolicy:policy/types@0.1.0",
-    "mxpolicy:policy/state@0.1.0",
-    "mxpolicy:policy/timers@0.1.0",
-    "mxpolicy:policy/log@0.1.0",
-    "mxpolicy:policy/homeserver@0.1.0",
+    "mxpolicy:policy/types@0.2.0",
+    "mxpolicy:policy/state@0.2.0",
+    "mxpolicy:policy/timers@0.2.0",
+    "mxpolicy:policy/log@0.2.0",
+    "mxpolicy:policy/homeserver@0.2.0",
 ];
 
 /// Warm instances kept per plugin in [`InstanceMode::Reuse`] (never more than its
@@ -152,6 +155,19 @@ impl Plugin {
         let component = Component::new(&rt.engine, &bytes)
             .map_err(|e| load_err(format!("not a valid WebAssembly component: {e:#}")))?;
         let imports = import_names(&component, rt);
+        // A plugin of another version of this world gets its own answer: what it was built
+        // for, what this host runs, and how to rebuild it.
+        if let Some(other) = imports.iter().find_map(|i| {
+            let version = i.strip_prefix("mxpolicy:policy/")?.split_once('@')?.1;
+            (version != WIT_VERSION).then_some(version)
+        }) {
+            return Err(load_err(format!(
+                "built for the WIT world mxpolicy:policy@{}, but this host runs \
+                 mxpolicy:policy@{WIT_VERSION}; rebuild the plugin against this host's \
+                 wit/policy.wit (`cargo xtask build-plugins`)",
+                text::sanitize(other, 40)
+            )));
+        }
         if let Some(bad) = imports
             .iter()
             .find(|i| !ALLOWED_IMPORTS.contains(&i.as_str()))

@@ -40,11 +40,17 @@ impl StateStore for FlakyStore {
     fn plugins(&self) -> Result<Vec<String>, StoreError> {
         self.inner.plugins()
     }
-    fn list(&self, plugin: &str, prefix: &str, limit: usize) -> Result<Vec<String>, StoreError> {
+    fn list(
+        &self,
+        plugin: &str,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
         if self.fail_reads.load(Ordering::SeqCst) {
             return Err(down());
         }
-        self.inner.list(plugin, prefix, limit)
+        self.inner.list(plugin, prefix, after, limit)
     }
     fn timer(&self, plugin: &str, id: &str) -> Result<Option<Timer>, StoreError> {
         self.inner.timer(plugin, id)

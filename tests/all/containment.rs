@@ -371,3 +371,30 @@ fn many_threads_call_while_one_plugin_loops() {
         }
     });
 }
+
+#[test]
+fn a_plugin_built_for_another_wit_version_is_refused_naming_both() {
+    // A component of the 0.1.0 world that imports its `log` interface.
+    let old_wit = concat!(env!("CARGO_MANIFEST_DIR"), "/all/policy-0.1.0.wit");
+    let mut items =
+        String::from("(import \"mxpolicy:policy/log@0.1.0\" \"log\" (func (param i32 i32 i32)))\n");
+    items.push_str(&crate::raw::memory(1));
+    let mut bodies = std::collections::BTreeMap::new();
+    bodies.insert("describe", "i32.const 0".to_owned());
+    let bytes = crate::raw::component_of(old_wit, &items, &bodies);
+    let t = test_host();
+    let err = t
+        .host
+        .load(PluginSpec::bytes("old-build", bytes))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("built for the WIT world mxpolicy:policy@0.1.0"),
+        "{err}"
+    );
+    assert!(
+        err.contains("this host runs mxpolicy:policy@0.2.0"),
+        "{err}"
+    );
+    assert!(err.contains("cargo xtask build-plugins"), "{err}");
+}

@@ -124,8 +124,12 @@ fn check(target: &str) {
         "the children made too few calls: {acked:?}"
     );
     let store = open(target);
-    let a: Vec<String> = store.list("scripted-a", "pair/a/", usize::MAX).unwrap();
-    let b: Vec<String> = store.list("scripted-a", "pair/b/", usize::MAX).unwrap();
+    let a: Vec<String> = store
+        .list("scripted-a", "pair/a/", None, usize::MAX)
+        .unwrap();
+    let b: Vec<String> = store
+        .list("scripted-a", "pair/b/", None, usize::MAX)
+        .unwrap();
     let ids = |keys: &[String], prefix: &str| -> Vec<String> {
         let mut v: Vec<String> = keys
             .iter()

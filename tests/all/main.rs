@@ -21,6 +21,7 @@ mod export;
 mod hardening;
 mod hot_swap;
 mod media;
+mod paging;
 mod replay;
 mod state;
 mod stores;

@@ -33,13 +33,29 @@ fn types(desc: &str, tys: &[WasmType]) -> String {
 /// data segments, globals; it must define the exported memory, see [`memory`]); `bodies`
 /// maps an export's WIT name (`describe`, `on-send`, ...) to its core body.
 pub fn component(items: &str, bodies: &BTreeMap<&str, String>) -> Vec<u8> {
+    component_of(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/../wit/policy.wit"),
+        items,
+        bodies,
+    )
+}
+
+/// [`component`] against another version of the world (a `.wit` file).
+pub fn component_of(wit: &str, items: &str, bodies: &BTreeMap<&str, String>) -> Vec<u8> {
     let mut resolve = Resolve::default();
-    let wit = concat!(env!("CARGO_MANIFEST_DIR"), "/../wit/policy.wit");
-    let pkg = resolve.push_file(wit).expect("wit/policy.wit parses");
+    let pkg = resolve.push_file(wit).expect("the WIT file parses");
     let world = resolve.select_world(&[pkg], Some("policy")).expect("world");
     let mangling = ManglingAndAbi::Legacy(LiftLowerAbi::Sync);
 
     let mut wat = String::from("(module\n");
+    // Extra imports go first in a module; an attack passes them as `(import ...)` items.
+    for line in items
+        .lines()
+        .filter(|l| l.trim_start().starts_with("(import"))
+    {
+        wat.push_str(line);
+        wat.push('\n');
+    }
     for (_, item) in resolve.worlds[world].exports.iter() {
         let WorldItem::Function(func) = item else {
             continue;
@@ -87,7 +103,13 @@ pub fn component(items: &str, bodies: &BTreeMap<&str, String>) -> Vec<u8> {
   local.get $p)
 "#,
     );
-    wat.push_str(items);
+    for line in items
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("(import"))
+    {
+        wat.push_str(line);
+        wat.push('\n');
+    }
     wat.push_str(")\n");
     let mut module = wat::parse_str(&wat).expect("attack module is valid WAT");
     embed_component_metadata(&mut module, &resolve, world, StringEncoding::UTF8, false)

@@ -108,10 +108,20 @@ fn lists_are_ordered_prefixed_and_limited(s: &dyn StateStore) {
     )
     .unwrap();
     s.commit("b", &writes(&[("u/0", Some(b""))]), &ANY).unwrap();
-    assert_eq!(s.list("a", "u/", 10).unwrap(), ["u/1", "u/10", "u/2"]);
-    assert_eq!(s.list("a", "u/", 2).unwrap(), ["u/1", "u/10"]);
-    assert_eq!(s.list("a", "", 100).unwrap().len(), 5);
-    assert!(s.list("c", "", 10).unwrap().is_empty());
+    assert_eq!(s.list("a", "u/", None, 10).unwrap(), ["u/1", "u/10", "u/2"]);
+    assert_eq!(s.list("a", "u/", None, 2).unwrap(), ["u/1", "u/10"]);
+    assert_eq!(s.list("a", "", None, 100).unwrap().len(), 5);
+    assert!(s.list("c", "", None, 10).unwrap().is_empty());
+    // Pages: after a key, within the prefix.
+    assert_eq!(s.list("a", "u/", Some("u/1"), 10).unwrap(), ["u/10", "u/2"]);
+    assert_eq!(s.list("a", "u/", Some("u/10"), 1).unwrap(), ["u/2"]);
+    assert!(s.list("a", "u/", Some("u/2"), 10).unwrap().is_empty());
+    assert_eq!(
+        s.list("a", "u/", Some("a"), 1).unwrap(),
+        ["u/1"],
+        "after before the prefix"
+    );
+    assert!(s.list("a", "u/", Some("zz"), 10).unwrap().is_empty());
 }
 
 fn versions_change_on_every_write_and_never_repeat(s: &dyn StateStore) {
@@ -152,6 +162,7 @@ fn absent_reads_and_listings_are_validated(s: &dyn StateStore) {
     let mut listed = writes(&[("flag", Some(b"1"))]);
     listed.lists.push(ListRead {
         prefix: "m".into(),
+        after: None,
         limit: 10,
         keys: vec!["m".into()],
     });
@@ -450,10 +461,12 @@ fn sqlite_cached_reads_see_another_processs_commits_within_the_bound() {
     let path = dir.0.join("state.db");
     let one = SqliteStore::open(&path).unwrap();
     let two = SqliteStore::open(&path).unwrap();
-    one.commit("a", &writes(&[("k", Some(b"1"))]), &ANY).unwrap();
+    one.commit("a", &writes(&[("k", Some(b"1"))]), &ANY)
+        .unwrap();
     let seen = one.get("a", "k").unwrap().unwrap();
     assert_eq!(seen.value, b"1");
-    two.commit("a", &writes(&[("k", Some(b"2"))]), &ANY).unwrap();
+    two.commit("a", &writes(&[("k", Some(b"2"))]), &ANY)
+        .unwrap();
     // A write based on the cached read conflicts at once (validated against the file), and the
     // conflict empties the cache: the re-run reads the other process's value.
     let mut txn = writes(&[("k", Some(b"3"))]);
@@ -461,7 +474,8 @@ fn sqlite_cached_reads_see_another_processs_commits_within_the_bound() {
     assert!(is_conflict(one.commit("a", &txn, &ANY)));
     assert_eq!(one.get("a", "k").unwrap().unwrap().value, b"2");
     // A plain read sees another process's commit within the documented bound (50 ms).
-    two.commit("a", &writes(&[("k", Some(b"4"))]), &ANY).unwrap();
+    two.commit("a", &writes(&[("k", Some(b"4"))]), &ANY)
+        .unwrap();
     std::thread::sleep(std::time::Duration::from_millis(120));
     assert_eq!(one.get("a", "k").unwrap().unwrap().value, b"4");
 }

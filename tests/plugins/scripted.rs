@@ -425,6 +425,18 @@ impl Policy for Scripted {
                 Ok(json!({"label": self.config.label, "calls": calls}))
             }
             "echo" => Ok(req.args.clone()),
+            "page" => Ok(json!(state::keys_page(
+                req.args["prefix"].as_str().unwrap_or_default(),
+                req.args["after"].as_str(),
+                req.args["limit"].as_u64().unwrap_or(10) as u32,
+            ))),
+            "iter-count" => Ok(json!(state::keys_iter("k/").count())),
+            "write-then-page" => {
+                // The call's own writes and deletes show in its pages.
+                state::set_raw("k/00000000-new", b"1");
+                state::delete("k/00000001");
+                Ok(json!(state::keys_page("k/", None, 3)))
+            }
             "count-keys" => Ok(json!(state::keys("k/").len())),
             "list" => Ok(json!(own::<Vec<u64>>("list"))),
             "read" => Ok(json!(

@@ -42,36 +42,78 @@ impl Host for CallCtx {
     }
 
     fn keys(&mut self, prefix: String) -> wasmtime::Result<Vec<String>> {
-        // Ask for one more than the cap (plus the keys this call deleted, which the merge
-        // removes), so an answer over the cap is detected rather than silently cut: a policy
-        // that saw a truncated list would decide on partial data.
-        let deleted = self.txn.changes.kv.values().filter(|v| v.is_none()).count();
-        let stored = self
-            .store
-            .list(&self.plugin, &prefix, MAX_KEYS_ANSWER + 1 + deleted);
+        // Ask for one more than the cap, so an answer over the cap is detected rather than
+        // silently cut: a policy that saw a truncated list would decide on partial data.
+        let keys = self.list_merged(&prefix, None, MAX_KEYS_ANSWER + 1)?;
+        if keys.len() > MAX_KEYS_ANSWER {
+            return Err(self.exceed(format!(
+                "`keys` under prefix {prefix:?} matches more than {MAX_KEYS_ANSWER} keys; \
+                 use a narrower prefix or `keys-page`"
+            )));
+        }
+        Ok(keys)
+    }
+
+    fn keys_page(
+        &mut self,
+        prefix: String,
+        after: Option<String>,
+        limit: u32,
+    ) -> wasmtime::Result<Vec<String>> {
+        let limit = (limit as usize).min(MAX_KEYS_ANSWER);
+        self.list_merged(&prefix, after.as_deref(), limit)
+    }
+}
+
+impl CallCtx {
+    /// The first `limit` keys under `prefix` after `after`, as this call sees them: the
+    /// store's, with the call's own writes and deletes applied. The store's listing is
+    /// recorded for validation at commit.
+    fn list_merged(
+        &mut self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> wasmtime::Result<Vec<String>> {
+        let in_range = |key: &str| key.starts_with(prefix) && after.is_none_or(|a| key > a);
+        // The call's deletes may remove stored keys from the page: fetch that many more.
+        let deleted = self
+            .txn
+            .changes
+            .kv
+            .iter()
+            .filter(|(k, v)| v.is_none() && in_range(k))
+            .count();
+        let fetch = limit.saturating_add(deleted);
+        let stored = self.store.list(&self.plugin, prefix, after, fetch);
         let stored = stored.map_err(|e| self.store_error(e))?;
+        // A full page may stop before keys this call wrote: those after its last key wait for
+        // the next page, where the store's own keys in between come first.
+        let bound = (stored.len() == fetch)
+            .then(|| stored.last().cloned())
+            .flatten();
         let mut keys: BTreeSet<String> = stored.iter().cloned().collect();
         self.txn.lists.push(ListRead {
-            prefix: prefix.clone(),
-            limit: MAX_KEYS_ANSWER + 1 + deleted,
+            prefix: prefix.to_owned(),
+            after: after.map(str::to_owned),
+            limit: fetch,
             keys: stored,
         });
-        for (key, value) in self.txn.changes.kv.range(prefix.clone()..) {
-            if !key.starts_with(&prefix) {
+        for (key, value) in self.txn.changes.kv.range(prefix.to_owned()..) {
+            if !key.starts_with(prefix) {
                 break;
             }
+            if !in_range(key) {
+                continue;
+            }
             if value.is_some() {
-                keys.insert(key.clone());
+                if bound.as_ref().is_none_or(|b| key <= b) {
+                    keys.insert(key.clone());
+                }
             } else {
                 keys.remove(key);
             }
         }
-        if keys.len() > MAX_KEYS_ANSWER {
-            return Err(self.exceed(format!(
-                "`keys` under prefix {prefix:?} matches more than {MAX_KEYS_ANSWER} keys; \
-                 use a narrower prefix"
-            )));
-        }
-        Ok(keys.into_iter().collect())
+        Ok(keys.into_iter().take(limit).collect())
     }
 }

@@ -63,8 +63,14 @@ impl StateStore for MemoryStore {
         Ok(plugins)
     }
 
-    fn list(&self, plugin: &str, prefix: &str, limit: usize) -> Result<Vec<String>, StoreError> {
-        Ok(self.lock().list(plugin, prefix, limit))
+    fn list(
+        &self,
+        plugin: &str,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        Ok(self.lock().list(plugin, prefix, after, limit))
     }
 
     fn timer(&self, plugin: &str, id: &str) -> Result<Option<Timer>, StoreError> {
@@ -168,7 +174,7 @@ impl StateStore for MemoryStore {
             }
         }
         for list in &txn.lists {
-            if inner.list(plugin, &list.prefix, list.limit) != list.keys {
+            if inner.list(plugin, &list.prefix, list.after.as_deref(), list.limit) != list.keys {
                 return Err(StoreError::new(Conflict {
                     key: format!("{}*", list.prefix),
                 }));
@@ -248,10 +254,14 @@ impl StateStore for MemoryStore {
 }
 
 impl Inner {
-    fn list(&self, plugin: &str, prefix: &str, limit: usize) -> Vec<String> {
-        let start = (plugin.to_owned(), prefix.to_owned());
+    fn list(&self, plugin: &str, prefix: &str, after: Option<&str>, limit: usize) -> Vec<String> {
+        use std::ops::Bound;
+        let start = match after {
+            Some(a) if a >= prefix => Bound::Excluded((plugin.to_owned(), a.to_owned())),
+            _ => Bound::Included((plugin.to_owned(), prefix.to_owned())),
+        };
         self.kv
-            .range(start..)
+            .range((start, Bound::Unbounded))
             .take_while(|((p, k), _)| p == plugin && k.starts_with(prefix))
             .take(limit)
             .map(|((_, k), _)| k.clone())

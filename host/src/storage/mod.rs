@@ -96,6 +96,8 @@ pub struct Entry {
 pub struct ListRead {
     /// The prefix listed.
     pub prefix: String,
+    /// The key the listing started after (a page), if any.
+    pub after: Option<String>,
     /// The limit asked for.
     pub limit: usize,
     /// The keys the store answered.
@@ -212,8 +214,15 @@ pub trait StateStore: Send + Sync {
     fn get(&self, plugin: &str, key: &str) -> Result<Option<Entry>, StoreError>;
     /// The plugin instances that have state, ascending (for audits and exports).
     fn plugins(&self) -> Result<Vec<String>, StoreError>;
-    /// The first `limit` keys of `plugin` starting with `prefix`, ascending.
-    fn list(&self, plugin: &str, prefix: &str, limit: usize) -> Result<Vec<String>, StoreError>;
+    /// The first `limit` keys of `plugin` starting with `prefix` and, with `after`, sorting
+    /// after it (byte order), ascending.
+    fn list(
+        &self,
+        plugin: &str,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError>;
     /// The timer `id` of `plugin`, if scheduled.
     fn timer(&self, plugin: &str, id: &str) -> Result<Option<Timer>, StoreError>;
     /// Claim at most `limit` timers of the given plugins that are due at `now_ms` (due time

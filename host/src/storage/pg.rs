@@ -187,12 +187,14 @@ fn list(
     db: &mut impl GenericClient,
     plugin: &str,
     prefix: &str,
+    after: Option<&str>,
     limit: usize,
 ) -> Result<Vec<String>, StoreError> {
     let rows = db
         .query(
-            "SELECT key FROM mxpolicy_kv WHERE plugin = $1 AND key >= $2 ORDER BY key LIMIT $3",
-            &[&plugin, &prefix, &int(limit as u64)],
+            "SELECT key FROM mxpolicy_kv WHERE plugin = $1 AND key >= $2 \
+             AND ($4::text IS NULL OR key > $4) ORDER BY key LIMIT $3",
+            &[&plugin, &prefix, &int(limit as u64), &after],
         )
         .map_err(err)?;
     Ok(rows
@@ -248,8 +250,14 @@ impl StateStore for PostgresStore {
         })
     }
 
-    fn list(&self, plugin: &str, prefix: &str, limit: usize) -> Result<Vec<String>, StoreError> {
-        self.with(|db| list(db, plugin, prefix, limit))
+    fn list(
+        &self,
+        plugin: &str,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        self.with(|db| list(db, plugin, prefix, after, limit))
     }
 
     fn timer(&self, plugin: &str, id: &str) -> Result<Option<Timer>, StoreError> {
@@ -361,7 +369,14 @@ impl StateStore for PostgresStore {
                 }
             }
             for read in &txn.lists {
-                if list(&mut tx, plugin, &read.prefix, read.limit)? != read.keys {
+                if list(
+                    &mut tx,
+                    plugin,
+                    &read.prefix,
+                    read.after.as_deref(),
+                    read.limit,
+                )? != read.keys
+                {
                     return Err(StoreError::new(Conflict {
                         key: format!("{}*", read.prefix),
                     }));

@@ -183,17 +183,19 @@ fn list(
     conn: &Connection,
     plugin: &str,
     prefix: &str,
+    after: Option<&str>,
     limit: usize,
 ) -> Result<Vec<String>, StoreError> {
     // `key >= prefix` walks the primary key in order; the prefix test stops the walk.
     let mut stmt = conn
         .prepare_cached(
-            "SELECT key FROM mxpolicy_kv WHERE plugin = ?1 AND key >= ?2 ORDER BY key LIMIT ?3",
+            "SELECT key FROM mxpolicy_kv WHERE plugin = ?1 AND key >= ?2 \
+             AND (?4 IS NULL OR key > ?4) ORDER BY key LIMIT ?3",
         )
         .map_err(err)?;
     let mut keys = Vec::new();
     let mut rows = stmt
-        .query(params![plugin, prefix, int(limit as u64)])
+        .query(params![plugin, prefix, int(limit as u64), after])
         .map_err(err)?;
     while let Some(row) = rows.next().map_err(err)? {
         let key: String = row.get(0).map_err(err)?;
@@ -255,8 +257,14 @@ impl StateStore for SqliteStore {
         })
     }
 
-    fn list(&self, plugin: &str, prefix: &str, limit: usize) -> Result<Vec<String>, StoreError> {
-        self.with(|conn| list(conn, plugin, prefix, limit))
+    fn list(
+        &self,
+        plugin: &str,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        self.with(|conn| list(conn, plugin, prefix, after, limit))
     }
 
     fn timer(&self, plugin: &str, id: &str) -> Result<Option<Timer>, StoreError> {
@@ -425,7 +433,8 @@ impl SqliteStore {
                 }
             }
             for read in &txn.lists {
-                if list(&tx, plugin, &read.prefix, read.limit)? != read.keys {
+                if list(&tx, plugin, &read.prefix, read.after.as_deref(), read.limit)? != read.keys
+                {
                     return Err(StoreError::new(Conflict {
                         key: format!("{}*", read.prefix),
                     }));

@@ -53,7 +53,7 @@ fn completed_json(user: &str, c: &Completed) -> Value {
 fn list_erasures() -> Result<Value, String> {
     let mut pending = Vec::new();
     let mut completed = Vec::new();
-    for key in state::keys("erasure/") {
+    for key in state::keys_iter("erasure/") {
         let user = key.trim_start_matches("erasure/");
         let Some(record) = load(user).map_err(|e| e.to_string())? else {
             continue;
@@ -83,8 +83,7 @@ fn erasure_status(args: &Value) -> Result<Value, String> {
 }
 
 fn list_purged_rooms() -> Value {
-    let rooms: Vec<Value> = state::keys("purged/")
-        .into_iter()
+    let rooms: Vec<Value> = state::keys_iter("purged/")
         .map(|key| {
             // An undecodable time is shown as unknown; the room is listed all the same.
             let at = state::get::<u64>(&key).ok().flatten();

@@ -141,8 +141,7 @@ pub(crate) fn save(user: &str, record: &Record) {
 
 /// The rooms under a `<kind>/<user> ` prefix.
 pub(crate) fn rooms_under(prefix: &str) -> Vec<String> {
-    state::keys(prefix)
-        .into_iter()
+    state::keys_iter(prefix)
         .filter_map(|k| k.strip_prefix(prefix).map(str::to_owned))
         .collect()
 }

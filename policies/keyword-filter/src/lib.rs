@@ -131,7 +131,7 @@ impl Policy for KeywordFilter {
         if req.method != "GET" || req.path != "/stats" {
             return HttpResponse::not_found();
         }
-        let keys = state::keys("denied/");
+        let keys: Vec<String> = state::keys_iter("denied/").collect();
         let page = html! {
             (DOCTYPE)
             html lang="en" {

@@ -54,7 +54,7 @@ fn media_of_user(args: &Value, now_ms: u64) -> Result<Value, String> {
     let prefix = by_user_prefix(user);
     let mut total: u64 = 0;
     let mut media = Vec::new();
-    for key in state::keys(&prefix) {
+    for key in state::keys_iter(&prefix) {
         let Some(mxc) = key.strip_prefix(&prefix) else {
             continue;
         };

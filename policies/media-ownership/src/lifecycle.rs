@@ -118,7 +118,7 @@ impl MediaOwnership {
         let mut unfinished = false;
         let mut unreadable = false;
         let prefix = by_user_prefix(user);
-        for key in state::keys(&prefix) {
+        for key in state::keys_iter(&prefix) {
             let Some(mxc) = key.strip_prefix(&prefix) else {
                 continue;
             };

@@ -126,8 +126,7 @@ pub(crate) fn timer_id(user: &str) -> String {
 /// The reference keys of `mxc`, ignoring keys of another media whose URI extends this one.
 pub(crate) fn reference_keys(mxc: &str) -> Vec<String> {
     let prefix = ref_prefix(mxc);
-    state::keys(&prefix)
-        .into_iter()
+    state::keys_iter(&prefix)
         .filter(|k| {
             k.strip_prefix(&prefix)
                 .is_some_and(|seq| seq.len() == 16 && seq.bytes().all(|b| b.is_ascii_hexdigit()))
