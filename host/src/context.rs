@@ -22,6 +22,9 @@ pub(crate) const MAX_TIMER_PAYLOAD_BYTES: usize = 64 << 10;
 /// Most keys one `state.keys` call may return; a plugin that needs more must narrow its
 /// prefix (a paged `keys` comes with the next WIT version).
 pub(crate) const MAX_KEYS_ANSWER: usize = 10_000;
+/// Keys one call may list in all (`keys` and `keys-page` together): each listing is kept to
+/// be validated at commit.
+pub(crate) const MAX_LISTED_KEYS_PER_CALL: usize = 100_000;
 /// Log lines one call may write; later lines are dropped and counted.
 pub(crate) const MAX_LOG_LINES_PER_CALL: u32 = 32;
 /// Log bytes one call may write; later lines are dropped and counted.
@@ -56,6 +59,8 @@ pub(crate) struct CallCtx {
     pub(crate) log_lines: u32,
     pub(crate) log_bytes: usize,
     pub(crate) log_dropped: u64,
+    /// Keys listed so far in this call.
+    pub(crate) listed_keys: usize,
     pub(crate) limiter: MemoryLimiter,
 }
 
@@ -78,6 +83,7 @@ impl CallCtx {
             log_lines: 0,
             log_bytes: 0,
             log_dropped: 0,
+            listed_keys: 0,
             limiter: MemoryLimiter {
                 cap: memory_cap,
                 total: 0,
@@ -96,6 +102,7 @@ impl CallCtx {
         self.log_lines = 0;
         self.log_bytes = 0;
         self.log_dropped = 0;
+        self.listed_keys = 0;
         self.limiter.hit = None;
     }
 
@@ -109,6 +116,11 @@ impl CallCtx {
 
     /// Refuse an over-long key or timer id.
     pub(crate) fn check_key(&mut self, what: &str, key: &str) -> wasmtime::Result<()> {
+        // NUL is refused everywhere so that every store (PostgreSQL's TEXT cannot hold it)
+        // answers the same.
+        if key.contains('\0') {
+            return Err(self.exceed(format!("{what} contains a NUL character")));
+        }
         if key.len() > MAX_KEY_BYTES {
             return Err(self.exceed(format!(
                 "{what} of {} bytes exceeds {MAX_KEY_BYTES} bytes",

@@ -22,7 +22,7 @@ use crate::{
     plugin::Plugin,
     redact,
     spec::PluginSpec,
-    storage::{Changes, Quota, ScheduledTimer, StateStore, Transaction},
+    storage::{Changes, Claimed, Quota, ScheduledTimer, StateStore, Transaction},
     types::{
         Action, Deactivation, FailurePolicy, Hook, HttpRequest, HttpResponse, MatrixError,
         MediaFetch, MediaUpload, PluginInfo, Reactivation, SendEvent, ServeEvent, ServeVerdict,
@@ -819,7 +819,15 @@ impl Host {
                 |b, s| b.call_on_timer(s, &ctx),
                 |out, txn| {
                     let actions = convert::actions_from_wit(out)?;
-                    txn.changes.timers.entry(timer.id.clone()).or_insert(None);
+                    // Removed only if still under this claim: a timer another call rescheduled
+                    // meanwhile (a new erasure request) stays.
+                    txn.changes.claimed.insert(
+                        timer.id.clone(),
+                        Claimed {
+                            lease_until_ms: lease_until,
+                            then: None,
+                        },
+                    );
                     self.record(txn, &actions)?;
                     Ok(actions)
                 },
@@ -865,12 +873,27 @@ impl Host {
                         })
                     };
                     let mut changes = Changes::default();
-                    changes.timers.insert(fired.id.clone(), retry);
-                    self.state.commit(
+                    changes.claimed.insert(
+                        fired.id.clone(),
+                        Claimed {
+                            lease_until_ms: lease_until,
+                            then: retry,
+                        },
+                    );
+                    // A store failure here must not lose the actions of the timers already
+                    // fired in this pass: it is reported, and the timer's lease lets it be
+                    // claimed again.
+                    if let Err(e) = self.state.commit(
                         &plugin.name,
                         &Transaction::writes(changes),
                         &Quota::UNLIMITED,
-                    )?;
+                    ) {
+                        decision.failures.push(Self::failure(
+                            plugin,
+                            Hook::OnTimer,
+                            FailureCause::Store(e.to_string()),
+                        ));
+                    }
                 }
             }
             decision.outcome.push(fired);

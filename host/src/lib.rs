@@ -109,8 +109,8 @@ pub use spec::{
 #[cfg(feature = "testing")]
 pub use storage::MemoryStore;
 pub use storage::{
-    Changes, Conflict, ENTRY_OVERHEAD_BYTES, Entry, ListRead, OutboxEntry, PostgresStore, Quota,
-    ScheduledTimer, SqliteStore, StateStore, Timer, Transaction, entry_bytes, open_store,
+    Changes, Claimed, Conflict, ENTRY_OVERHEAD_BYTES, Entry, ListRead, OutboxEntry, PostgresStore,
+    Quota, ScheduledTimer, SqliteStore, StateStore, Timer, Transaction, entry_bytes, open_store,
 };
 pub use types::{
     Action, Deactivation, FailurePolicy, HistoryVisibility, Hook, HttpRequest, HttpResponse,

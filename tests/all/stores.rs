@@ -297,6 +297,46 @@ fn outbox_actions_commit_with_the_state_and_are_leased_and_acknowledged(s: &dyn 
     assert!(s.claim_actions(1_000, 10, 2_000).unwrap().is_empty());
 }
 
+fn a_handled_timer_rescheduled_meanwhile_is_not_removed(s: &dyn StateStore) {
+    use mxpolicy_host::Claimed;
+    let mut c = Changes::default();
+    c.timers.insert("fired".into(), timer(10));
+    c.timers.insert("moved".into(), timer(10));
+    s.commit("a", &Transaction::writes(c), &ANY).unwrap();
+    assert_eq!(s.claim_timers(10, &["a"], 10, 100).unwrap().len(), 2);
+    // While both are handled, another call reschedules `moved` (a new erasure request).
+    let mut again = Changes::default();
+    again.timers.insert("moved".into(), timer(50));
+    s.commit("a", &Transaction::writes(again), &ANY).unwrap();
+    // The handlers end: each removes its timer only if still under its claim.
+    let mut done = Changes::default();
+    for id in ["fired", "moved"] {
+        done.claimed.insert(
+            id.into(),
+            Claimed {
+                lease_until_ms: 100,
+                then: None,
+            },
+        );
+    }
+    s.commit("a", &Transaction::writes(done), &ANY).unwrap();
+    assert_eq!(s.timer("a", "fired").unwrap(), None);
+    assert_eq!(s.timer("a", "moved").unwrap().map(|t| t.due_ms), Some(50));
+    // The quota counted what was really removed: one timer left.
+    let one = Quota {
+        max_timers: 1,
+        ..ANY
+    };
+    let mut more = Changes::default();
+    more.timers.insert("new".into(), timer(60));
+    assert!(
+        s.commit("a", &Transaction::writes(more), &one)
+            .unwrap_err()
+            .quota_exceeded()
+            .is_some()
+    );
+}
+
 macro_rules! conformance {
     ($($test:ident),+ $(,)?) => {
         mod memory {
@@ -344,6 +384,7 @@ conformance!(
     timers_are_due_in_order_per_plugin_and_paged,
     claimed_timers_are_leased_until_written_or_expired,
     outbox_actions_commit_with_the_state_and_are_leased_and_acknowledged,
+    a_handled_timer_rescheduled_meanwhile_is_not_removed,
 );
 
 #[test]

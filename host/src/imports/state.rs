@@ -7,12 +7,13 @@ use std::collections::BTreeSet;
 
 use crate::{
     bindings::mxpolicy::policy::state::Host,
-    context::{CallCtx, MAX_KEYS_ANSWER},
+    context::{CallCtx, MAX_KEYS_ANSWER, MAX_LISTED_KEYS_PER_CALL},
     storage::ListRead,
 };
 
 impl Host for CallCtx {
     fn get(&mut self, key: String) -> wasmtime::Result<Option<Vec<u8>>> {
+        self.check_key("state key", &key)?;
         // The call's own writes first; they depend on nothing in the store.
         if let Some(value) = self.txn.changes.kv.get(&key) {
             return Ok(value.clone());
@@ -42,6 +43,7 @@ impl Host for CallCtx {
     }
 
     fn keys(&mut self, prefix: String) -> wasmtime::Result<Vec<String>> {
+        self.check_key("key prefix", &prefix)?;
         // Ask for one more than the cap, so an answer over the cap is detected rather than
         // silently cut: a policy that saw a truncated list would decide on partial data.
         let keys = self.list_merged(&prefix, None, MAX_KEYS_ANSWER + 1)?;
@@ -60,6 +62,10 @@ impl Host for CallCtx {
         after: Option<String>,
         limit: u32,
     ) -> wasmtime::Result<Vec<String>> {
+        self.check_key("key prefix", &prefix)?;
+        if let Some(after) = &after {
+            self.check_key("page start", after)?;
+        }
         let limit = (limit as usize).min(MAX_KEYS_ANSWER);
         self.list_merged(&prefix, after.as_deref(), limit)
     }
@@ -93,12 +99,23 @@ impl CallCtx {
             .then(|| stored.last().cloned())
             .flatten();
         let mut keys: BTreeSet<String> = stored.iter().cloned().collect();
-        self.txn.lists.push(ListRead {
+        let read = ListRead {
             prefix: prefix.to_owned(),
             after: after.map(str::to_owned),
             limit: fetch,
             keys: stored,
-        });
+        };
+        // The same listing twice is validated once; the keys a call may have listed in all
+        // are bounded, so a plugin cannot grow host memory or commit-time work without end.
+        if !self.txn.lists.contains(&read) {
+            self.listed_keys = self.listed_keys.saturating_add(read.keys.len());
+            if self.listed_keys > MAX_LISTED_KEYS_PER_CALL {
+                return Err(self.exceed(format!(
+                    "more than {MAX_LISTED_KEYS_PER_CALL} keys listed in one call"
+                )));
+            }
+            self.txn.lists.push(read);
+        }
         for (key, value) in self.txn.changes.kv.range(prefix.to_owned()..) {
             if !key.starts_with(prefix) {
                 break;

@@ -32,7 +32,14 @@ struct Inner {
     rows: HashMap<(String, String), Option<Entry>>,
     data_version: i64,
     checked: Instant,
+    /// Bumped by every invalidation: a row read from the file before an invalidation is not
+    /// put in the cache after it (it may be older than the commit that invalidated).
+    generation: u64,
 }
+
+/// What a cache miss hands back to [`ReadCache::put`]: the generation the read started in.
+#[derive(Clone, Copy)]
+pub(crate) struct Miss(u64);
 
 impl ReadCache {
     pub(crate) fn new() -> Self {
@@ -41,6 +48,7 @@ impl ReadCache {
                 rows: HashMap::new(),
                 data_version: i64::MIN,
                 checked: Instant::now(),
+                generation: 0,
             }),
         }
     }
@@ -56,27 +64,36 @@ impl ReadCache {
         plugin: &str,
         key: &str,
         data_version: impl FnOnce() -> Option<i64>,
-    ) -> Option<Option<Entry>> {
+    ) -> Result<Option<Entry>, Miss> {
         let mut inner = self.lock();
         if inner.checked.elapsed() >= RECHECK {
             match data_version() {
                 Some(v) if v == inner.data_version => {}
                 Some(v) => {
                     inner.rows.clear();
+                    inner.generation += 1;
                     inner.data_version = v;
                 }
-                None => inner.rows.clear(),
+                None => {
+                    inner.rows.clear();
+                    inner.generation += 1;
+                }
             }
             inner.checked = Instant::now();
         }
-        inner
-            .rows
-            .get(&(plugin.to_owned(), key.to_owned()))
-            .cloned()
+        match inner.rows.get(&(plugin.to_owned(), key.to_owned())) {
+            Some(row) => Ok(row.clone()),
+            None => Err(Miss(inner.generation)),
+        }
     }
 
-    pub(crate) fn put(&self, plugin: &str, key: &str, row: Option<Entry>) {
+    /// Cache a row read after `miss`, unless the cache was invalidated since: such a row may
+    /// be older than the commit that invalidated it.
+    pub(crate) fn put(&self, miss: Miss, plugin: &str, key: &str, row: Option<Entry>) {
         let mut inner = self.lock();
+        if inner.generation != miss.0 {
+            return;
+        }
         if inner.rows.len() >= MAX_ENTRIES {
             inner.rows.clear();
         }
@@ -86,6 +103,7 @@ impl ReadCache {
     /// Forget the keys a commit wrote.
     pub(crate) fn forget<'a>(&self, plugin: &str, keys: impl Iterator<Item = &'a String>) {
         let mut inner = self.lock();
+        inner.generation += 1;
         for key in keys {
             inner.rows.remove(&(plugin.to_owned(), key.clone()));
         }
@@ -93,6 +111,8 @@ impl ReadCache {
 
     /// Forget everything (after a conflict).
     pub(crate) fn clear(&self) {
-        self.lock().rows.clear();
+        let mut inner = self.lock();
+        inner.generation += 1;
+        inner.rows.clear();
     }
 }

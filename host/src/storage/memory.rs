@@ -181,22 +181,29 @@ impl StateStore for MemoryStore {
             }
         }
         let changes = &txn.changes;
+        let timer_writes = changes.effective_timers(|id| {
+            let k = (plugin.to_owned(), id.to_owned());
+            Ok(inner
+                .timers
+                .contains_key(&k)
+                .then(|| inner.leases.get(&k).copied().unwrap_or(0)))
+        })?;
         let before = inner.usage.get(plugin).copied().unwrap_or_default();
         // Usage after the commit, computed before anything is applied.
         let mut after = before;
         for (key, value) in &changes.kv {
             if let Some(old) = inner.kv.get(&(plugin.to_owned(), key.clone())) {
-                after.keys -= 1;
-                after.bytes -= entry_bytes(key, &old.value);
+                after.keys = after.keys.saturating_sub(1);
+                after.bytes = after.bytes.saturating_sub(entry_bytes(key, &old.value));
             }
             if let Some(new) = value {
                 after.keys += 1;
                 after.bytes += entry_bytes(key, new);
             }
         }
-        for (id, timer) in &changes.timers {
+        for (id, timer) in &timer_writes {
             if inner.timers.contains_key(&(plugin.to_owned(), id.clone())) {
-                after.timers -= 1;
+                after.timers = after.timers.saturating_sub(1);
             }
             if timer.is_some() {
                 after.timers += 1;
@@ -223,7 +230,7 @@ impl StateStore for MemoryStore {
             }
         }
         let index = inner.by_due.entry(plugin.to_owned()).or_default();
-        for (id, timer) in &changes.timers {
+        for (id, timer) in &timer_writes {
             let k = (plugin.to_owned(), id.clone());
             inner.leases.remove(&k);
             if let Some(old) = inner.timers.remove(&k) {

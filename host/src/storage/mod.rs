@@ -164,12 +164,43 @@ pub struct Changes {
     pub kv: BTreeMap<String, Option<Vec<u8>>>,
     /// Timer id → the timer, or `None` to cancel.
     pub timers: BTreeMap<String, Option<ScheduledTimer>>,
+    /// The host's own end of a claimed timer: applied only if the timer is still under the
+    /// claim (its lease is the one given), so a timer another call rescheduled while this one
+    /// was being handled is left alone. An entry in `timers` for the same id wins.
+    pub claimed: BTreeMap<String, Claimed>,
+}
+
+/// What to do with a claimed timer once handled, if nothing else rescheduled it meanwhile.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claimed {
+    /// The lease the claim set (see [`StateStore::claim_timers`]).
+    pub lease_until_ms: u64,
+    /// The timer's new schedule (a retry), or `None` to remove it (it fired).
+    pub then: Option<ScheduledTimer>,
 }
 
 impl Changes {
     /// Whether there is nothing to write.
     pub fn is_empty(&self) -> bool {
-        self.kv.is_empty() && self.timers.is_empty()
+        self.kv.is_empty() && self.timers.is_empty() && self.claimed.is_empty()
+    }
+
+    /// The timer writes to apply, given each claimed timer's current lease (`None`: gone):
+    /// `timers`, plus the claimed ends whose claim still holds.
+    pub fn effective_timers(
+        &self,
+        mut lease_of: impl FnMut(&str) -> Result<Option<u64>, StoreError>,
+    ) -> Result<BTreeMap<String, Option<ScheduledTimer>>, StoreError> {
+        let mut timers = self.timers.clone();
+        for (id, claimed) in &self.claimed {
+            if timers.contains_key(id) {
+                continue;
+            }
+            if lease_of(id)? == Some(claimed.lease_until_ms) {
+                timers.insert(id.clone(), claimed.then.clone());
+            }
+        }
+        Ok(timers)
     }
 }
 

@@ -382,6 +382,15 @@ impl StateStore for PostgresStore {
                     }));
                 }
             }
+            let timer_writes = txn.changes.effective_timers(|id| {
+                Ok(tx
+                    .query_opt(
+                        "SELECT lease_until FROM mxpolicy_timers WHERE plugin = $1 AND id = $2",
+                        &[&plugin, &id],
+                    )
+                    .map_err(err)?
+                    .map(|r| uint(r.get(0))))
+            })?;
             let before = tx
                 .query_opt(
                     "SELECT keys, bytes, timers FROM mxpolicy_usage WHERE plugin = $1",
@@ -405,15 +414,17 @@ impl StateStore for PostgresStore {
                     .map_err(err)?
                     .map(|r| r.get(0));
                 if let Some(len) = old {
-                    after.0 -= 1;
-                    after.1 -= entry_bytes(key, &[]) + u64::try_from(len).unwrap_or(0);
+                    after.0 = after.0.saturating_sub(1);
+                    after.1 = after
+                        .1
+                        .saturating_sub(entry_bytes(key, &[]) + u64::try_from(len).unwrap_or(0));
                 }
                 if let Some(new) = value {
                     after.0 += 1;
                     after.1 += entry_bytes(key, new);
                 }
             }
-            for (id, timer) in &txn.changes.timers {
+            for (id, timer) in &timer_writes {
                 let exists = tx
                     .query_opt(
                         "SELECT 1 FROM mxpolicy_timers WHERE plugin = $1 AND id = $2",
@@ -422,7 +433,7 @@ impl StateStore for PostgresStore {
                     .map_err(err)?
                     .is_some();
                 if exists {
-                    after.2 -= 1;
+                    after.2 = after.2.saturating_sub(1);
                 }
                 if timer.is_some() {
                     after.2 += 1;
@@ -452,7 +463,7 @@ impl StateStore for PostgresStore {
                 }
                 .map_err(err)?;
             }
-            for (id, timer) in &txn.changes.timers {
+            for (id, timer) in &timer_writes {
                 match timer {
                     Some(ScheduledTimer {
                         due_ms,

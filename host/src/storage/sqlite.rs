@@ -226,9 +226,10 @@ impl StateStore for SqliteStore {
                 .query_row("PRAGMA data_version", [], |r| r.get::<_, i64>(0))
                 .ok()
         };
-        if let Some(row) = self.cache.get(plugin, key, data_version) {
-            return Ok(row);
-        }
+        let miss = match self.cache.get(plugin, key, data_version) {
+            Ok(row) => return Ok(row),
+            Err(miss) => miss,
+        };
         let row = self.with(|conn| {
             conn.prepare_cached(
                 "SELECT value, version FROM mxpolicy_kv WHERE plugin = ?1 AND key = ?2",
@@ -243,7 +244,7 @@ impl StateStore for SqliteStore {
             .optional()
             .map_err(err)
         })?;
-        self.cache.put(plugin, key, row.clone());
+        self.cache.put(miss, plugin, key, row.clone());
         Ok(row)
     }
 
@@ -440,6 +441,16 @@ impl SqliteStore {
                     }));
                 }
             }
+            let timer_writes = txn.changes.effective_timers(|id| {
+                tx.query_row(
+                    "SELECT lease_until FROM mxpolicy_timers WHERE plugin = ?1 AND id = ?2",
+                    params![plugin, id],
+                    |r| r.get::<_, i64>(0),
+                )
+                .optional()
+                .map(|lease| lease.map(uint))
+                .map_err(err)
+            })?;
             // Usage after the commit, checked before anything is written.
             let (keys, bytes, timers): (i64, i64, i64) = tx
                 .query_row(
@@ -464,8 +475,8 @@ impl SqliteStore {
                         .optional()
                         .map_err(err)?;
                     if let Some(len) = old {
-                        after.0 -= 1;
-                        after.1 -= entry_bytes(key, &[]) + uint(len);
+                        after.0 = after.0.saturating_sub(1);
+                        after.1 = after.1.saturating_sub(entry_bytes(key, &[]) + uint(len));
                     }
                     if let Some(new) = value {
                         after.0 += 1;
@@ -475,9 +486,9 @@ impl SqliteStore {
                 let mut old_timer = tx
                     .prepare_cached("SELECT 1 FROM mxpolicy_timers WHERE plugin = ?1 AND id = ?2")
                     .map_err(err)?;
-                for (id, timer) in &txn.changes.timers {
+                for (id, timer) in &timer_writes {
                     if old_timer.exists(params![plugin, id]).map_err(err)? {
-                        after.2 -= 1;
+                        after.2 = after.2.saturating_sub(1);
                     }
                     if timer.is_some() {
                         after.2 += 1;
@@ -519,7 +530,7 @@ impl SqliteStore {
                     }
                 }
             }
-            for (id, timer) in &txn.changes.timers {
+            for (id, timer) in &timer_writes {
                 match timer {
                     Some(ScheduledTimer {
                         due_ms,
