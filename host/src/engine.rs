@@ -2,8 +2,9 @@
 //! that enforces call deadlines.
 
 use std::{
+    collections::HashMap,
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicBool, Ordering},
     },
     thread::JoinHandle,
@@ -12,7 +13,7 @@ use std::{
 
 use wasmtime::{
     Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig,
-    component::{HasSelf, Linker},
+    component::{Component, HasSelf, Linker},
 };
 
 use crate::{
@@ -59,8 +60,14 @@ pub(crate) struct Runtime {
     /// chain's concurrency limits are reserved against it, less one slot kept for the
     /// instances a load creates to validate a plugin.
     pub(crate) pool_instances: Option<u32>,
+    /// Components compiled in this process, by the SHA-256 of their bytes: a policy set
+    /// applied again (another config, another order) does not recompile what it already has.
+    compiled: Mutex<HashMap<String, Component>>,
     _ticker: Ticker,
 }
+
+/// Compiled components kept in memory; past it the cache starts over.
+const MAX_COMPILED: usize = 64;
 
 fn config(allocation: Allocation) -> Config {
     let mut cfg = Config::new();
@@ -121,8 +128,31 @@ impl Runtime {
             linker,
             max_memory_bytes,
             pool_instances,
+            compiled: Mutex::new(HashMap::new()),
             _ticker: ticker,
         })
+    }
+
+    /// The component with these bytes' SHA-256, compiled by `compile` the first time.
+    pub(crate) fn compiled(
+        &self,
+        sha256: &str,
+        compile: impl FnOnce() -> wasmtime::Result<Component>,
+    ) -> wasmtime::Result<Component> {
+        if let Some(c) = self.cache().get(sha256) {
+            return Ok(c.clone());
+        }
+        let component = compile()?;
+        let mut cache = self.cache();
+        if cache.len() >= MAX_COMPILED {
+            cache.clear();
+        }
+        cache.insert(sha256.to_owned(), component.clone());
+        Ok(component)
+    }
+
+    fn cache(&self) -> std::sync::MutexGuard<'_, HashMap<String, Component>> {
+        self.compiled.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn on_demand() -> Result<Engine> {

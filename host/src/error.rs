@@ -88,6 +88,21 @@ pub enum Error {
     /// The wasmtime engine could not be set up.
     #[error("engine: {0}")]
     Engine(String),
+    /// A problem in a policy-set file, naming the file, the entry and the key.
+    #[error("{file}: {}{}{message}", entry.as_ref().map(|e| format!("entry `{e}`: ")).unwrap_or_default(), if key.is_empty() { String::new() } else { format!("`{key}`: ") })]
+    PolicySet {
+        /// The policy-set file.
+        file: String,
+        /// The entry (instance name, or `plugin[i]`).
+        entry: Option<String>,
+        /// The key (dotted path), empty when the problem is the entry as a whole.
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// [`Host::rollback`](crate::Host::rollback) with no previous chain kept.
+    #[error("no previous policy set to roll back to")]
+    NoPreviousGeneration,
     /// A limit in a [`PluginSpec`](crate::PluginSpec) or the host's configuration is out of
     /// its allowed range.
     #[error("plugin `{plugin}`: invalid limit `{limit}`: {message}")]

@@ -20,6 +20,7 @@ use crate::{
     homeserver::Homeserver,
     json::{self, DEFAULT_MAX_CONTENT_DEPTH},
     plugin::Plugin,
+    policy_set::PolicySet,
     redact,
     spec::PluginSpec,
     storage::{Changes, Claimed, Quota, ScheduledTimer, StateStore, Transaction},
@@ -80,6 +81,15 @@ fn retry_delay_ms(attempts: u32) -> u64 {
     TIMER_RETRY_BASE_MS
         .saturating_mul(factor)
         .min(TIMER_RETRY_MAX_MS)
+}
+
+/// What [`Host::apply`] put in place.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Applied {
+    /// The new generation number.
+    pub generation: u64,
+    /// The chain, in order.
+    pub plugins: Vec<PluginReport>,
 }
 
 /// An action from the outbox, handed out by [`Host::claim_actions`].
@@ -204,6 +214,7 @@ impl HostBuilder {
                 plugins: Vec::new(),
             }),
             writer: Mutex::new(()),
+            history: Mutex::new(std::collections::VecDeque::new()),
             timers: Mutex::new(()),
             max_content_depth: self.max_content_depth,
             timers_per_pass: self.timers_per_pass,
@@ -233,6 +244,8 @@ pub struct Host {
     chain: ArcSwap<Generation>,
     /// Serialises chain changes (loads, swaps) so none is lost.
     writer: Mutex<()>,
+    /// Previous chains replaced by [`Host::apply`], newest last, for [`Host::rollback`].
+    history: Mutex<std::collections::VecDeque<Arc<Generation>>>,
     /// Serialises timer runs so a timer never fires twice concurrently.
     timers: Mutex<()>,
     max_content_depth: usize,
@@ -429,6 +442,116 @@ impl Host {
         }));
         tracing::info!(plugin = %name, version = %report.info.version, "plugin replaced");
         Ok(report)
+    }
+
+    /// Apply a whole policy set atomically: every entry is read, checked against its pin,
+    /// compiled, described and initialised with its config before one generation swap. Any
+    /// problem leaves the running chain untouched, and every problem found is returned, each
+    /// naming the file, the entry and the key. Calls in flight finish on the generation they
+    /// started on. The replaced chain is kept for [`Host::rollback`] (`engine.keep_generations`
+    /// of them). Entries keep their state and concurrency slots by instance name.
+    pub fn apply(&self, set: &PolicySet) -> std::result::Result<Applied, Vec<Error>> {
+        let _w = self.lock_writer();
+        let current = self.chain.load_full();
+        let mut plugins = Vec::new();
+        let mut problems = Vec::new();
+        // Every entry is checked, so every problem is reported at once.
+        for result in set.spec_results() {
+            let spec = match result {
+                Ok(spec) => spec,
+                Err(e) => {
+                    problems.push(e);
+                    continue;
+                }
+            };
+            let instance = spec.instance.clone().unwrap_or_default();
+            let built = self.compile(spec).and_then(|p| {
+                p.check_config(&self.runtime)?;
+                Ok(p)
+            });
+            match built {
+                Ok(mut plugin) => {
+                    if let Some(old) = current.plugins.iter().find(|o| o.name == plugin.name) {
+                        plugin.slots = old.slots.clone();
+                    }
+                    plugins.push(Arc::new(plugin));
+                }
+                Err(e) => problems.push(Error::PolicySet {
+                    file: set.file.display().to_string(),
+                    entry: Some(instance),
+                    key: match &e {
+                        Error::Config { key, .. } if key.is_empty() => "config".into(),
+                        Error::Config { key, .. } => format!("config.{key}"),
+                        _ => String::new(),
+                    },
+                    message: e.to_string(),
+                }),
+            }
+        }
+        if problems.is_empty()
+            && let Some(last) = plugins.last()
+            && let Err(e) = self.check_pool(&plugins, last)
+        {
+            problems.push(e);
+        }
+        if !problems.is_empty() {
+            tracing::warn!(
+                problems = problems.len(),
+                "policy set refused; the running chain stays"
+            );
+            return Err(problems);
+        }
+        for p in &plugins {
+            p.slots.set_limit(p.settings.max_concurrency);
+        }
+        let number = current.number + 1;
+        let applied = Applied {
+            generation: number,
+            plugins: plugins.iter().map(|p| PluginReport::of(p)).collect(),
+        };
+        self.chain.store(Arc::new(Generation { number, plugins }));
+        self.remember(current, set.engine.keep_generations);
+        tracing::info!(generation = number, "policy set applied");
+        Ok(applied)
+    }
+
+    fn remember(&self, generation: Arc<Generation>, keep: usize) {
+        // Warm instances of a kept chain would hold pool slots the running chain reserved.
+        for p in &generation.plugins {
+            p.drop_idle();
+        }
+        let mut history = self.history.lock().unwrap_or_else(|e| e.into_inner());
+        history.push_back(generation);
+        while history.len() > keep {
+            history.pop_front();
+        }
+    }
+
+    /// Put the previous chain back (the one the last [`Host::apply`] replaced), as a new
+    /// generation. The policy-set file is not rewritten: a watcher that reloads on the file's
+    /// next change applies the file again. Errors when no previous chain is kept.
+    pub fn rollback(&self) -> Result<u64> {
+        let _w = self.lock_writer();
+        let previous = self
+            .history
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop_back()
+            .ok_or(Error::NoPreviousGeneration)?;
+        let current = self.chain.load_full();
+        for p in &previous.plugins {
+            p.slots.set_limit(p.settings.max_concurrency);
+        }
+        let number = current.number + 1;
+        self.chain.store(Arc::new(Generation {
+            number,
+            plugins: previous.plugins.clone(),
+        }));
+        for p in &current.plugins {
+            p.drop_idle();
+        }
+        tracing::info!(generation = number, from = previous.number, "rolled back");
+        Ok(number)
     }
 
     /// Remove the plugin instance `name` from the chain. Its state stays in the store.

@@ -75,6 +75,7 @@ mod host;
 mod imports;
 mod json;
 mod plugin;
+mod policy_set;
 mod redact;
 mod slots;
 mod spec;
@@ -93,10 +94,14 @@ pub use homeserver::Homeserver;
 #[cfg(feature = "testing")]
 pub use homeserver::MemoryHomeserver;
 pub use host::{
-    DEFAULT_TIMERS_PER_PASS, Host, HostBuilder, Inspection, MAX_TIMER_ATTEMPTS, OUTBOX_LEASE_MS,
-    PendingAction, PluginReport, TIMER_LEASE_MS, TIMER_RETRY_BASE_MS, TIMER_RETRY_MAX_MS,
+    Applied, DEFAULT_TIMERS_PER_PASS, Host, HostBuilder, Inspection, MAX_TIMER_ATTEMPTS,
+    OUTBOX_LEASE_MS, PendingAction, PluginReport, TIMER_LEASE_MS, TIMER_RETRY_BASE_MS,
+    TIMER_RETRY_MAX_MS,
 };
 pub use json::DEFAULT_MAX_CONTENT_DEPTH;
+pub use policy_set::{
+    EngineSection, Entry as PolicyEntry, MAX_POLICY_SET_BYTES, PolicySet, StoreSection,
+};
 /// ruma is part of this crate's API: every id in the hook types is a ruma id, and events are
 /// redacted with ruma's rules. It is re-exported so an embedder names exactly the version the
 /// host was built with; a ruma release that breaks these types is a breaking release of

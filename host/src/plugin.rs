@@ -152,7 +152,8 @@ impl Plugin {
                     .into(),
             ));
         }
-        let component = Component::new(&rt.engine, &bytes)
+        let component = rt
+            .compiled(&sha256, || Component::new(&rt.engine, &bytes))
             .map_err(|e| load_err(format!("not a valid WebAssembly component: {e:#}")))?;
         let imports = import_names(&component, rt);
         // A plugin of another version of this world gets its own answer: what it was built
@@ -270,6 +271,11 @@ impl Plugin {
                 message: format!("`init` failed: {}", self.classify(&e, &store)),
             }),
         }
+    }
+
+    /// Drop the warm instances kept for reuse (they hold pool slots).
+    pub(crate) fn drop_idle(&self) {
+        self.idle.lock().unwrap_or_else(|e| e.into_inner()).clear();
     }
 
     /// Whether the plugin declared `hook`.

@@ -22,6 +22,7 @@ mod hardening;
 mod hot_swap;
 mod media;
 mod paging;
+mod policy_set;
 mod replay;
 mod state;
 mod stores;
