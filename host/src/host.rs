@@ -19,6 +19,7 @@ use crate::{
     error::{Error, FailureCause, PluginFailure, Result},
     homeserver::Homeserver,
     json::{self, DEFAULT_MAX_CONTENT_DEPTH},
+    metrics::Metrics,
     plugin::Plugin,
     policy_set::PolicySet,
     redact,
@@ -220,6 +221,7 @@ impl HostBuilder {
             timers_per_pass: self.timers_per_pass,
             timer_stats: TimerCounters::default(),
             outbox: self.outbox,
+            metrics: Metrics::new(),
         })
     }
 }
@@ -252,6 +254,7 @@ pub struct Host {
     timers_per_pass: usize,
     timer_stats: TimerCounters,
     outbox: bool,
+    metrics: Metrics,
 }
 
 /// A hook's call on the bindings.
@@ -393,7 +396,7 @@ impl Host {
         let mut plugins = current.plugins.clone();
         plugins.push(plugin.clone());
         self.check_pool(&plugins, &plugin)?;
-        self.chain.store(Arc::new(Generation {
+        self.publish(Arc::new(Generation {
             number: current.number + 1,
             plugins,
         }));
@@ -436,7 +439,7 @@ impl Host {
         plugins[index] = plugin.clone();
         self.check_pool(&plugins, &plugin)?;
         plugin.slots.set_limit(limit);
-        self.chain.store(Arc::new(Generation {
+        self.publish(Arc::new(Generation {
             number: current.number + 1,
             plugins,
         }));
@@ -509,7 +512,7 @@ impl Host {
             generation: number,
             plugins: plugins.iter().map(|p| PluginReport::of(p)).collect(),
         };
-        self.chain.store(Arc::new(Generation { number, plugins }));
+        self.publish(Arc::new(Generation { number, plugins }));
         self.remember(current, set.engine.keep_generations);
         tracing::info!(generation = number, "policy set applied");
         Ok(applied)
@@ -543,7 +546,7 @@ impl Host {
             p.slots.set_limit(p.settings.max_concurrency);
         }
         let number = current.number + 1;
-        self.chain.store(Arc::new(Generation {
+        self.publish(Arc::new(Generation {
             number,
             plugins: previous.plugins.clone(),
         }));
@@ -567,7 +570,7 @@ impl Host {
             .filter(|p| &*p.name != name)
             .cloned()
             .collect();
-        self.chain.store(Arc::new(Generation {
+        self.publish(Arc::new(Generation {
             number: current.number + 1,
             plugins,
         }));
@@ -603,7 +606,7 @@ impl Host {
         self.clock.now_ms()
     }
 
-    fn failure(plugin: &Plugin, hook: Hook, cause: FailureCause) -> PluginFailure {
+    fn failure(&self, plugin: &Plugin, hook: Hook, cause: FailureCause) -> PluginFailure {
         let failure = PluginFailure {
             plugin: plugin.name.to_string(),
             hook,
@@ -611,11 +614,41 @@ impl Host {
             applied: plugin.settings.failure_policy(hook),
         };
         tracing::warn!("{failure}");
+        self.metrics.call(&plugin.name, hook, false, false);
+        self.metrics.failure(&failure);
         failure
+    }
+
+    /// Publish a new chain generation (and its metrics).
+    fn publish(&self, generation: Arc<Generation>) {
+        let entries: Vec<(String, String, String, String)> = generation
+            .plugins
+            .iter()
+            .map(|p| {
+                (
+                    p.name.to_string(),
+                    p.info.name.clone(),
+                    p.info.version.clone(),
+                    p.sha256.clone(),
+                )
+            })
+            .collect();
+        let number = generation.number;
+        self.chain.store(generation);
+        self.metrics.chain(number, &entries);
+    }
+
+    /// The host's metrics in the Prometheus text format, for the homeserver to serve: the
+    /// chain's generation, one `plugin_info` per entry, calls per entry, hook and outcome,
+    /// contained failures by cause and failure policy applied, and a latency histogram per
+    /// hook (see the names in the output's `# HELP` lines).
+    pub fn metrics(&self) -> String {
+        self.metrics.encode()
     }
 
     /// Allow/deny hooks: the first deny wins and stops the chain; actions are concatenated.
     fn run_verdict(&self, hook: Hook, call: HookCall<'_, wit::Outcome>) -> Decision<Verdict> {
+        let started = std::time::Instant::now();
         let chain = self.chain.load();
         let mut decision = Decision::new(Verdict::Allow);
         for plugin in chain.plugins.iter().filter(|p| p.wants(hook)) {
@@ -628,6 +661,8 @@ impl Host {
             match result {
                 Ok(((verdict, actions), ids)) => {
                     decision.record(actions, ids);
+                    self.metrics
+                        .call(&plugin.name, hook, true, !verdict.is_allow());
                     if !verdict.is_allow() {
                         decision.outcome = verdict;
                         decision.decided_by = Some(plugin.name.to_string());
@@ -635,7 +670,7 @@ impl Host {
                     }
                 }
                 Err(cause) => {
-                    let failure = Self::failure(plugin, hook, cause);
+                    let failure = self.failure(plugin, hook, cause);
                     let closed = failure.applied == FailurePolicy::Closed;
                     decision.failures.push(failure);
                     if closed {
@@ -646,6 +681,7 @@ impl Host {
                 }
             }
         }
+        self.metrics.latency(hook, started.elapsed().as_secs_f64());
         decision
     }
 
@@ -771,6 +807,7 @@ impl Host {
             match result {
                 Ok(((plugin_verdicts, actions), ids)) => {
                     decision.record(actions, ids);
+                    self.metrics.call(&plugin.name, hook, true, false);
                     for (i, v) in plugin_verdicts.into_iter().enumerate() {
                         let (v, pseudonym) = match v {
                             wit::ServeVerdict::Serve => (ServeVerdict::Serve, None),
@@ -790,7 +827,7 @@ impl Host {
                     }
                 }
                 Err(cause) => {
-                    let failure = Self::failure(plugin, hook, cause);
+                    let failure = self.failure(plugin, hook, cause);
                     if failure.applied == FailurePolicy::Closed {
                         verdicts
                             .iter_mut()
@@ -829,6 +866,7 @@ impl Host {
         );
         Ok(match result {
             Ok(((response, actions), ids)) => {
+                self.metrics.call(&p.name, Hook::OnHttp, true, false);
                 let mut d = Decision::new(response);
                 d.record(actions, ids);
                 d
@@ -840,7 +878,7 @@ impl Host {
                     body: format!("plugin `{plugin}` failed; the administrator has the details")
                         .into_bytes(),
                 });
-                d.failures.push(Self::failure(p, Hook::OnHttp, cause));
+                d.failures.push(self.failure(p, Hook::OnHttp, cause));
                 d
             }
         })
@@ -887,6 +925,9 @@ impl Host {
                 Err(message) => Ok(Err(message)),
             },
         );
+        if result.is_ok() {
+            self.metrics.call(&p.name, Hook::OnAdmin, true, false);
+        }
         match result.map(|(answer, _ids)| answer) {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(message)) => Err(Error::AdminRefused {
@@ -894,7 +935,7 @@ impl Host {
                 command: command.to_owned(),
                 message,
             }),
-            Err(cause) => Err(Error::PluginFailed(Self::failure(p, Hook::OnAdmin, cause))),
+            Err(cause) => Err(Error::PluginFailed(self.failure(p, Hook::OnAdmin, cause))),
         }
     }
 
@@ -967,13 +1008,14 @@ impl Host {
             match result {
                 Ok((actions, ids)) => {
                     self.timer_stats.fired.fetch_add(1, Ordering::Relaxed);
+                    self.metrics.call(&plugin.name, Hook::OnTimer, true, false);
                     decision.record(actions, ids);
                 }
                 Err(cause) => {
                     self.timer_stats.failed.fetch_add(1, Ordering::Relaxed);
                     decision
                         .failures
-                        .push(Self::failure(plugin, Hook::OnTimer, cause));
+                        .push(self.failure(plugin, Hook::OnTimer, cause));
                     fired.ok = false;
                     fired.attempts = timer.attempts.saturating_add(1);
                     let retry = if fired.attempts >= MAX_TIMER_ATTEMPTS {
@@ -1011,7 +1053,7 @@ impl Host {
                         &Transaction::writes(changes),
                         &Quota::UNLIMITED,
                     ) {
-                        decision.failures.push(Self::failure(
+                        decision.failures.push(self.failure(
                             plugin,
                             Hook::OnTimer,
                             FailureCause::Store(e.to_string()),

@@ -74,6 +74,7 @@ mod homeserver;
 mod host;
 mod imports;
 mod json;
+mod metrics;
 mod plugin;
 mod policy_set;
 mod redact;

@@ -228,3 +228,45 @@ fn calls_during_continuous_swaps_each_see_exactly_one_set() {
     assert!(calls > 0);
     eprintln!("{swaps} swaps, {calls} calls, none saw half a set");
 }
+
+#[test]
+fn metrics_report_the_chain_calls_denials_and_failures() {
+    let dir = TempDir::new("set-metrics");
+    let t = test_host();
+    let set = write_set(
+        &dir.0,
+        "[[plugin]]\ninstance = \"spam\"\npath = \"keyword-filter.wasm\"\n\
+         deadline_ms = 2000\nconfig = { keywords = [\"spam\"] }\n\n\
+         [[plugin]]\ninstance = \"fragile\"\npath = \"scripted-a.wasm\"\ndeadline_ms = 2000\n\
+         failure = { on-send = \"open\" }\n\
+         config = { misbehave = { hook = \"on-send\", how = \"panic\" } }\n",
+    );
+    t.host.apply(&set).unwrap();
+    t.host.on_send(&message("@a:hs.example", "spam"));
+    t.host.on_send(&message("@a:hs.example", "hello"));
+    let text = t.host.metrics();
+    let has = |line: &str| text.lines().any(|l| l.starts_with(line));
+    assert!(has("mxpolicy_generation 1"), "{text}");
+    assert!(
+        has("mxpolicy_plugin_info{instance=\"spam\",component=\"keyword-filter\""),
+        "{text}"
+    );
+    assert!(
+        has("mxpolicy_calls_total{instance=\"spam\",hook=\"on-send\",outcome=\"deny\"} 1"),
+        "{text}"
+    );
+    assert!(
+        has("mxpolicy_calls_total{instance=\"spam\",hook=\"on-send\",outcome=\"ok\"} 1"),
+        "{text}"
+    );
+    assert!(
+        has(
+            "mxpolicy_failures_total{instance=\"fragile\",hook=\"on-send\",cause=\"trap\",applied=\"open\"} 1"
+        ),
+        "{text}"
+    );
+    assert!(
+        has("mxpolicy_call_seconds_count{hook=\"on-send\"} 2"),
+        "{text}"
+    );
+}
