@@ -7,7 +7,6 @@ use std::{
 
 use super::{
     Conflict, Entry, OutboxEntry, Quota, ScheduledTimer, StateStore, Timer, Transaction, Usage,
-    entry_bytes,
 };
 use crate::error::StoreError;
 
@@ -190,25 +189,21 @@ impl StateStore for MemoryStore {
         })?;
         let before = inner.usage.get(plugin).copied().unwrap_or_default();
         // Usage after the commit, computed before anything is applied.
-        let mut after = before;
-        for (key, value) in &changes.kv {
-            if let Some(old) = inner.kv.get(&(plugin.to_owned(), key.clone())) {
-                after.keys = after.keys.saturating_sub(1);
-                after.bytes = after.bytes.saturating_sub(entry_bytes(key, &old.value));
-            }
-            if let Some(new) = value {
-                after.keys += 1;
-                after.bytes += entry_bytes(key, new);
-            }
-        }
-        for (id, timer) in &timer_writes {
-            if inner.timers.contains_key(&(plugin.to_owned(), id.clone())) {
-                after.timers = after.timers.saturating_sub(1);
-            }
-            if timer.is_some() {
-                after.timers += 1;
-            }
-        }
+        let after = before.after(
+            &changes.kv,
+            &timer_writes,
+            |key| {
+                Ok(inner
+                    .kv
+                    .get(&(plugin.to_owned(), key.to_owned()))
+                    .map(|e| e.value.len() as u64))
+            },
+            |id| {
+                Ok(inner
+                    .timers
+                    .contains_key(&(plugin.to_owned(), id.to_owned())))
+            },
+        )?;
         after.check(&before, quota).map_err(StoreError::new)?;
 
         for (key, value) in &changes.kv {

@@ -304,6 +304,39 @@ pub(crate) struct Usage {
 }
 
 impl Usage {
+    /// The usage after writing `kv` and `timers`, given each key's stored value length and
+    /// whether each timer exists now (every store asks its own rows).
+    pub(crate) fn after(
+        &self,
+        kv: &BTreeMap<String, Option<Vec<u8>>>,
+        timers: &BTreeMap<String, Option<ScheduledTimer>>,
+        mut stored_len: impl FnMut(&str) -> Result<Option<u64>, StoreError>,
+        mut timer_exists: impl FnMut(&str) -> Result<bool, StoreError>,
+    ) -> Result<Usage, StoreError> {
+        let mut after = *self;
+        for (key, value) in kv {
+            if let Some(len) = stored_len(key)? {
+                after.keys = after.keys.saturating_sub(1);
+                after.bytes = after
+                    .bytes
+                    .saturating_sub(entry_bytes(key, &[]).saturating_add(len));
+            }
+            if let Some(new) = value {
+                after.keys += 1;
+                after.bytes += entry_bytes(key, new);
+            }
+        }
+        for (id, timer) in timers {
+            if timer_exists(id)? {
+                after.timers = after.timers.saturating_sub(1);
+            }
+            if timer.is_some() {
+                after.timers += 1;
+            }
+        }
+        Ok(after)
+    }
+
     /// Refuse usage `self` (after a commit) that passes `quota` and grew from `before`.
     pub(crate) fn check(&self, before: &Usage, quota: &Quota) -> Result<(), QuotaExceeded> {
         for (what, used, was, limit) in [

@@ -15,7 +15,6 @@ use postgres::{Client, GenericClient, NoTls};
 
 use super::{
     Conflict, Entry, OutboxEntry, Quota, ScheduledTimer, StateStore, Timer, Transaction, Usage,
-    entry_bytes,
 };
 use crate::error::StoreError;
 
@@ -397,56 +396,40 @@ impl StateStore for PostgresStore {
                     &[&plugin],
                 )
                 .map_err(err)?
-                .map_or((0, 0, 0), |r| {
-                    (
-                        uint(r.get::<_, i64>(0)),
-                        uint(r.get::<_, i64>(1)),
-                        uint(r.get::<_, i64>(2)),
-                    )
+                .map_or_else(Usage::default, |r| Usage {
+                    keys: uint(r.get::<_, i64>(0)),
+                    bytes: uint(r.get::<_, i64>(1)),
+                    timers: uint(r.get::<_, i64>(2)),
                 });
-            let mut after = before;
-            for (key, value) in &txn.changes.kv {
-                let old: Option<i32> = tx
-                    .query_opt(
-                        "SELECT length(value) FROM mxpolicy_kv WHERE plugin = $1 AND key = $2",
-                        &[&plugin, key],
-                    )
-                    .map_err(err)?
-                    .map(|r| r.get(0));
-                if let Some(len) = old {
-                    after.0 = after.0.saturating_sub(1);
-                    after.1 = after
-                        .1
-                        .saturating_sub(entry_bytes(key, &[]) + u64::try_from(len).unwrap_or(0));
-                }
-                if let Some(new) = value {
-                    after.0 += 1;
-                    after.1 += entry_bytes(key, new);
-                }
-            }
-            for (id, timer) in &timer_writes {
-                let exists = tx
+            // Which timers exist, asked first: the closures below cannot both hold `tx`.
+            let mut existing = std::collections::BTreeSet::new();
+            for id in timer_writes.keys() {
+                let found = tx
                     .query_opt(
                         "SELECT 1 FROM mxpolicy_timers WHERE plugin = $1 AND id = $2",
                         &[&plugin, id],
                     )
                     .map_err(err)?
                     .is_some();
-                if exists {
-                    after.2 = after.2.saturating_sub(1);
-                }
-                if timer.is_some() {
-                    after.2 += 1;
+                if found {
+                    existing.insert(id.clone());
                 }
             }
-            let usage = |(keys, bytes, timers)| Usage {
-                keys,
-                bytes,
-                timers,
-            };
-            usage(after)
-                .check(&usage(before), quota)
-                .map_err(StoreError::new)?;
+            let after = before.after(
+                &txn.changes.kv,
+                &timer_writes,
+                |key| {
+                    Ok(tx
+                        .query_opt(
+                            "SELECT length(value) FROM mxpolicy_kv WHERE plugin = $1 AND key = $2",
+                            &[&plugin, &key],
+                        )
+                        .map_err(err)?
+                        .map(|r| u64::try_from(r.get::<_, i32>(0)).unwrap_or(0)))
+                },
+                |id| Ok(existing.contains(id)),
+            )?;
+            after.check(&before, quota).map_err(StoreError::new)?;
             for (key, value) in &txn.changes.kv {
                 match value {
                     Some(v) => tx.execute(
@@ -493,7 +476,12 @@ impl StateStore for PostgresStore {
                 "INSERT INTO mxpolicy_usage (plugin, keys, bytes, timers) VALUES ($1, $2, $3, $4) \
                  ON CONFLICT (plugin) DO UPDATE SET keys = EXCLUDED.keys, \
                  bytes = EXCLUDED.bytes, timers = EXCLUDED.timers",
-                &[&plugin, &int(after.0), &int(after.1), &int(after.2)],
+                &[
+                    &plugin,
+                    &int(after.keys),
+                    &int(after.bytes),
+                    &int(after.timers),
+                ],
             )
             .map_err(err)?;
             let mut ids = Vec::with_capacity(txn.actions.len());

@@ -17,7 +17,7 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use super::{
     Conflict, Entry, OutboxEntry, Quota, ScheduledTimer, StateStore, Timer, Transaction, Usage,
-    cache::ReadCache, entry_bytes,
+    cache::ReadCache,
 };
 use crate::error::StoreError;
 
@@ -461,48 +461,34 @@ impl SqliteStore {
                 .optional()
                 .map_err(err)?
                 .unwrap_or((0, 0, 0));
-            let before = (uint(keys), uint(bytes), uint(timers));
-            let mut after = before;
-            {
+            let before = Usage {
+                keys: uint(keys),
+                bytes: uint(bytes),
+                timers: uint(timers),
+            };
+            let after = {
                 let mut old_value = tx
                     .prepare_cached(
                         "SELECT length(value) FROM mxpolicy_kv WHERE plugin = ?1 AND key = ?2",
                     )
                     .map_err(err)?;
-                for (key, value) in &txn.changes.kv {
-                    let old: Option<i64> = old_value
-                        .query_row(params![plugin, key], |r| r.get(0))
-                        .optional()
-                        .map_err(err)?;
-                    if let Some(len) = old {
-                        after.0 = after.0.saturating_sub(1);
-                        after.1 = after.1.saturating_sub(entry_bytes(key, &[]) + uint(len));
-                    }
-                    if let Some(new) = value {
-                        after.0 += 1;
-                        after.1 += entry_bytes(key, new);
-                    }
-                }
                 let mut old_timer = tx
                     .prepare_cached("SELECT 1 FROM mxpolicy_timers WHERE plugin = ?1 AND id = ?2")
                     .map_err(err)?;
-                for (id, timer) in &timer_writes {
-                    if old_timer.exists(params![plugin, id]).map_err(err)? {
-                        after.2 = after.2.saturating_sub(1);
-                    }
-                    if timer.is_some() {
-                        after.2 += 1;
-                    }
-                }
-            }
-            let usage = |(keys, bytes, timers)| Usage {
-                keys,
-                bytes,
-                timers,
+                before.after(
+                    &txn.changes.kv,
+                    &timer_writes,
+                    |key| {
+                        old_value
+                            .query_row(params![plugin, key], |r| r.get::<_, i64>(0))
+                            .optional()
+                            .map(|len| len.map(uint))
+                            .map_err(err)
+                    },
+                    |id| old_timer.exists(params![plugin, id]).map_err(err),
+                )?
             };
-            usage(after)
-                .check(&usage(before), quota)
-                .map_err(StoreError::new)?;
+            after.check(&before, quota).map_err(StoreError::new)?;
             // Apply.
             let mut version: i64 = tx
                 .query_row("SELECT last FROM mxpolicy_versions WHERE id = 0", [], |r| {
@@ -572,7 +558,7 @@ impl SqliteStore {
                 "INSERT INTO mxpolicy_usage (plugin, keys, bytes, timers) VALUES (?1, ?2, ?3, ?4) \
                  ON CONFLICT (plugin) DO UPDATE SET keys = excluded.keys, \
                  bytes = excluded.bytes, timers = excluded.timers",
-                params![plugin, int(after.0), int(after.1), int(after.2)],
+                params![plugin, int(after.keys), int(after.bytes), int(after.timers)],
             )
             .map_err(err)?;
             let mut ids = Vec::with_capacity(txn.actions.len());
