@@ -18,6 +18,7 @@ use wasmtime::{
 
 use crate::{
     bindings::Policy,
+    cache::{CompileStats, Counters, DiskCache, Obtained},
     context::{CallCtx, MAX_CORE_INSTANCES, MAX_MEMORIES, MAX_TABLES},
     error::{Error, Result},
 };
@@ -63,6 +64,9 @@ pub(crate) struct Runtime {
     /// Components compiled in this process, by the SHA-256 of their bytes: a policy set
     /// applied again (another config, another order) does not recompile what it already has.
     compiled: Mutex<HashMap<String, Component>>,
+    /// Compiled components kept between runs, MAC-verified (see [`crate::cache`]).
+    disk: Option<DiskCache>,
+    counters: Counters,
     _ticker: Ticker,
 }
 
@@ -103,7 +107,7 @@ fn config(allocation: Allocation) -> Config {
 }
 
 impl Runtime {
-    pub(crate) fn new(allocation: Allocation) -> Result<Self> {
+    pub(crate) fn new(allocation: Allocation, cache_dir: Option<&std::path::Path>) -> Result<Self> {
         let (engine, max_memory_bytes, pool_instances) = match allocation {
             Allocation::Pooling {
                 max_memory_bytes,
@@ -122,8 +126,14 @@ impl Runtime {
         let mut linker = Linker::new(&engine);
         Policy::add_to_linker::<CallCtx, HasSelf<CallCtx>>(&mut linker, |ctx| ctx)
             .map_err(|e| Error::Engine(format!("{e:#}")))?;
+        let disk = match cache_dir {
+            Some(dir) => Some(DiskCache::open(dir, &engine)?),
+            None => None,
+        };
         let ticker = Ticker::start(engine.clone());
         Ok(Self {
+            disk,
+            counters: Counters::default(),
             engine,
             linker,
             max_memory_bytes,
@@ -133,22 +143,50 @@ impl Runtime {
         })
     }
 
-    /// The component with these bytes' SHA-256, compiled by `compile` the first time.
+    /// The component with these bytes' SHA-256: from this process's memory, else from the
+    /// on-disk cache (MAC verified), else compiled by `compile` and written to both.
     pub(crate) fn compiled(
         &self,
         sha256: &str,
         compile: impl FnOnce() -> wasmtime::Result<Component>,
     ) -> wasmtime::Result<Component> {
         if let Some(c) = self.cache().get(sha256) {
+            self.counters.count(Obtained::Memory);
             return Ok(c.clone());
         }
-        let component = compile()?;
+        let from_disk = self.disk.as_ref().and_then(|disk| {
+            disk.get(sha256, &self.engine)
+                .unwrap_or_else(|why| {
+                    tracing::warn!("{why}; compiling again");
+                    self.counters.count(Obtained::Rejected);
+                    None
+                })
+                .inspect(|_| self.counters.count(Obtained::Disk))
+        });
+        let component = match from_disk {
+            Some(c) => c,
+            None => {
+                let c = compile()?;
+                self.counters.count(Obtained::Compiled);
+                if let Some(disk) = &self.disk
+                    && let Err(why) = disk.put(sha256, &c)
+                {
+                    tracing::warn!("compile cache: {why}");
+                }
+                c
+            }
+        };
         let mut cache = self.cache();
         if cache.len() >= MAX_COMPILED {
             cache.clear();
         }
         cache.insert(sha256.to_owned(), component.clone());
         Ok(component)
+    }
+
+    /// How components were obtained since the host started.
+    pub(crate) fn compile_stats(&self) -> CompileStats {
+        self.counters.snapshot()
     }
 
     fn cache(&self) -> std::sync::MutexGuard<'_, HashMap<String, Component>> {

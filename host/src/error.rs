@@ -100,6 +100,14 @@ pub enum Error {
         /// What is wrong.
         message: String,
     },
+    /// The on-disk compile cache cannot be used (its directory or key).
+    #[error("compile cache {dir}: {message}")]
+    CompileCache {
+        /// The cache directory.
+        dir: String,
+        /// What is wrong.
+        message: String,
+    },
     /// [`Host::rollback`](crate::Host::rollback) with no previous chain kept.
     #[error("no previous policy set to roll back to")]
     NoPreviousGeneration,

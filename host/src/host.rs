@@ -11,6 +11,8 @@ use wasmtime::Store;
 
 use crate::{
     bindings::{Policy, wit},
+    cache::CompileStats,
+    changes::{self, Change},
     clock::{Clock, SystemClock},
     context::CallCtx,
     convert,
@@ -19,7 +21,7 @@ use crate::{
     error::{Error, FailureCause, PluginFailure, Result},
     homeserver::Homeserver,
     json::{self, DEFAULT_MAX_CONTENT_DEPTH},
-    metrics::Metrics,
+    metrics::{EntryInfo, Metrics},
     plugin::Plugin,
     policy_set::PolicySet,
     redact,
@@ -91,6 +93,8 @@ pub struct Applied {
     pub generation: u64,
     /// The chain, in order.
     pub plugins: Vec<PluginReport>,
+    /// What changed from the chain it replaced.
+    pub changes: Vec<Change>,
 }
 
 /// An action from the outbox, handed out by [`Host::claim_actions`].
@@ -117,6 +121,8 @@ pub struct PluginReport {
     pub sha256: String,
     /// The interfaces the component imports.
     pub imports: Vec<String>,
+    /// When this build of the entry was loaded, in ms since the Unix epoch.
+    pub loaded_at_ms: u64,
 }
 
 impl PluginReport {
@@ -126,6 +132,7 @@ impl PluginReport {
             info: p.info.clone(),
             sha256: p.sha256.clone(),
             imports: p.imports.clone(),
+            loaded_at_ms: p.loaded_at_ms,
         }
     }
 }
@@ -148,9 +155,20 @@ pub struct HostBuilder {
     max_content_depth: usize,
     timers_per_pass: usize,
     outbox: bool,
+    compile_cache: Option<std::path::PathBuf>,
 }
 
 impl HostBuilder {
+    /// Keep compiled components in `dir` between runs (default: compiled once per process,
+    /// in memory only). Entries are keyed by the component's SHA-256 and the engine's
+    /// compatibility hash and carry an HMAC under a key kept in `dir/key` (mode 0600, created
+    /// on first use); an entry that does not verify is reported, removed and recompiled,
+    /// never loaded. [`Host::compile_stats`] counts what came from where.
+    pub fn compile_cache(mut self, dir: impl Into<std::path::PathBuf>) -> Self {
+        self.compile_cache = Some(dir.into());
+        self
+    }
+
     /// The clock hooks see. Default: [`SystemClock`].
     pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.clock = clock;
@@ -206,7 +224,10 @@ impl HostBuilder {
             });
         }
         Ok(Host {
-            runtime: Arc::new(Runtime::new(self.allocation)?),
+            runtime: Arc::new(Runtime::new(
+                self.allocation,
+                self.compile_cache.as_deref(),
+            )?),
             state: self.state,
             homeserver: self.homeserver,
             clock: self.clock,
@@ -274,6 +295,7 @@ impl Host {
             max_content_depth: DEFAULT_MAX_CONTENT_DEPTH,
             timers_per_pass: DEFAULT_TIMERS_PER_PASS,
             outbox: false,
+            compile_cache: None,
         }
     }
 
@@ -511,10 +533,16 @@ impl Host {
         let applied = Applied {
             generation: number,
             plugins: plugins.iter().map(|p| PluginReport::of(p)).collect(),
+            changes: changes::diff(&current.plugins, &plugins),
         };
         self.publish(Arc::new(Generation { number, plugins }));
         self.remember(current, set.engine.keep_generations);
-        tracing::info!(generation = number, "policy set applied");
+        tracing::info!(
+            generation = number,
+            file = %set.file.display(),
+            "policy set applied: {}",
+            changes::summary(&applied.changes)
+        );
         Ok(applied)
     }
 
@@ -553,7 +581,13 @@ impl Host {
         for p in &current.plugins {
             p.drop_idle();
         }
-        tracing::info!(generation = number, from = previous.number, "rolled back");
+        tracing::info!(
+            generation = number,
+            to = previous.number,
+            "rolled back to generation {}: {}",
+            previous.number,
+            changes::summary(&changes::diff(&current.plugins, &previous.plugins))
+        );
         Ok(number)
     }
 
@@ -585,6 +619,12 @@ impl Host {
             .iter()
             .map(|p| PluginReport::of(p))
             .collect()
+    }
+
+    /// How the components loaded so far were obtained: compiled, found in memory, loaded
+    /// from the on-disk cache ([`HostBuilder::compile_cache`]), or refused there.
+    pub fn compile_stats(&self) -> CompileStats {
+        self.runtime.compile_stats()
     }
 
     /// The chain's generation number: it grows by one at every load, swap or unload.
@@ -621,16 +661,15 @@ impl Host {
 
     /// Publish a new chain generation (and its metrics).
     fn publish(&self, generation: Arc<Generation>) {
-        let entries: Vec<(String, String, String, String)> = generation
+        let entries: Vec<EntryInfo> = generation
             .plugins
             .iter()
-            .map(|p| {
-                (
-                    p.name.to_string(),
-                    p.info.name.clone(),
-                    p.info.version.clone(),
-                    p.sha256.clone(),
-                )
+            .map(|p| EntryInfo {
+                instance: p.name.to_string(),
+                component: p.info.name.clone(),
+                version: p.info.version.clone(),
+                sha256: p.sha256.clone(),
+                loaded_at_ms: p.loaded_at_ms,
             })
             .collect();
         let number = generation.number;

@@ -63,6 +63,8 @@
 #![deny(missing_docs)]
 
 mod bindings;
+mod cache;
+mod changes;
 mod clock;
 mod context;
 mod convert;
@@ -83,7 +85,10 @@ mod spec;
 mod storage;
 mod text;
 mod types;
+mod watch;
 
+pub use cache::CompileStats;
+pub use changes::Change;
 #[cfg(feature = "testing")]
 pub use clock::ManualClock;
 pub use clock::{Clock, SystemClock};
@@ -123,3 +128,4 @@ pub use types::{
     MatrixError, MediaFetch, MediaUpload, PluginInfo, Reactivation, Requester, SendEvent,
     ServeEvent, ServeVerdict, ServedEvent, UserKind, Verdict, Viewer,
 };
+pub use watch::{Reload, WatchStats, Watcher};

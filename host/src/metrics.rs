@@ -3,8 +3,9 @@
 //!
 //! - `mxpolicy_generation`: the chain's generation number;
 //! - `mxpolicy_plugin_info{instance, component, version, sha256}`: 1 per loaded entry;
+//! - `mxpolicy_plugin_loaded_timestamp_seconds{instance}`: when each entry's build was loaded;
 //! - `mxpolicy_calls_total{instance, hook, outcome}`: calls, `outcome` = `ok`, `deny` or
-//!   `failure`;
+//!   `failure`; timer firings are the calls of hook `on-timer`;
 //! - `mxpolicy_failures_total{instance, hook, cause, applied}`: contained failures by cause
 //!   and the failure policy applied;
 //! - `mxpolicy_call_seconds{hook}`: latency histogram per hook (all plugins of a call).
@@ -52,11 +53,26 @@ struct InfoLabels {
     sha256: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct InstanceLabels {
+    instance: String,
+}
+
+/// What the metrics show of one chain entry.
+pub(crate) struct EntryInfo {
+    pub(crate) instance: String,
+    pub(crate) component: String,
+    pub(crate) version: String,
+    pub(crate) sha256: String,
+    pub(crate) loaded_at_ms: u64,
+}
+
 /// The host's metrics.
 pub(crate) struct Metrics {
     registry: Registry,
     generation: Gauge,
     info: Family<InfoLabels, Gauge>,
+    loaded: Family<InstanceLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     calls: Family<CallLabels, Counter>,
     failures: Family<FailureLabels, Counter>,
     latency: Family<HookLabels, Histogram>,
@@ -74,6 +90,7 @@ impl Metrics {
         let mut registry = Registry::with_prefix("mxpolicy");
         let generation = Gauge::default();
         let info = Family::<InfoLabels, Gauge>::default();
+        let loaded = Family::<InstanceLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
         let calls = Family::<CallLabels, Counter>::default();
         let failures = Family::<FailureLabels, Counter>::default();
         let latency =
@@ -84,6 +101,11 @@ impl Metrics {
             generation.clone(),
         );
         registry.register("plugin_info", "One per loaded plugin entry", info.clone());
+        registry.register(
+            "plugin_loaded_timestamp_seconds",
+            "When each entry's build was loaded (Unix time)",
+            loaded.clone(),
+        );
         registry.register(
             "calls",
             "Hook calls per entry, hook and outcome",
@@ -103,6 +125,7 @@ impl Metrics {
             registry,
             generation,
             info,
+            loaded,
             calls,
             failures,
             latency,
@@ -111,21 +134,29 @@ impl Metrics {
     }
 
     /// The chain changed: its generation and entries.
-    pub(crate) fn chain(&self, generation: u64, entries: &[(String, String, String, String)]) {
+    pub(crate) fn chain(&self, generation: u64, entries: &[EntryInfo]) {
         self.generation
             .set(i64::try_from(generation).unwrap_or(i64::MAX));
         let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
         for old in current.drain(..) {
             self.info.remove(&old);
+            self.loaded.remove(&InstanceLabels {
+                instance: old.instance,
+            });
         }
-        for (instance, component, version, sha256) in entries {
+        for entry in entries {
             let labels = InfoLabels {
-                instance: instance.clone(),
-                component: component.clone(),
-                version: version.clone(),
-                sha256: sha256.clone(),
+                instance: entry.instance.clone(),
+                component: entry.component.clone(),
+                version: entry.version.clone(),
+                sha256: entry.sha256.clone(),
             };
             self.info.get_or_create(&labels).set(1);
+            self.loaded
+                .get_or_create(&InstanceLabels {
+                    instance: entry.instance.clone(),
+                })
+                .set(entry.loaded_at_ms as f64 / 1000.0);
             current.push(labels);
         }
     }

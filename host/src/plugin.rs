@@ -65,9 +65,11 @@ pub(crate) struct Plugin {
     /// The instance name the operator chose: the key of the chain, the state and timers.
     pub(crate) name: Arc<str>,
     pub(crate) sha256: String,
+    /// When this build was loaded, in ms since the Unix epoch (wall clock).
+    pub(crate) loaded_at_ms: u64,
     pub(crate) imports: Vec<String>,
     pub(crate) settings: Settings,
-    config_json: String,
+    pub(crate) config_json: String,
     pre: PolicyPre<CallCtx>,
     state: Arc<dyn StateStore>,
     homeserver: Arc<dyn Homeserver>,
@@ -214,6 +216,9 @@ impl Plugin {
             sha256,
             imports,
             slots: Arc::new(Slots::new(spec.settings.max_concurrency)),
+            loaded_at_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
             settings: spec.settings,
             config_json,
             pre,

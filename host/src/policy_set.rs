@@ -9,6 +9,7 @@
 //! [engine]
 //! pinned_only = false          # allow-list mode: every entry must pin its sha256
 //! keep_generations = 3         # how many previous chains `rollback` can go back to
+//! cache_dir = "cache"          # compiled components kept between runs (MAC-verified)
 //!
 //! [[plugin]]
 //! instance = "consent"                     # keys the chain, the state, the web endpoints
@@ -32,12 +33,16 @@ use std::{
     time::Duration,
 };
 
+use std::sync::Arc;
+
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use crate::{
     error::Error,
     file::{MAX_COMPONENT_BYTES, read_bounded, read_bounded_to_string},
+    homeserver::Homeserver,
+    host::{Host, HostBuilder},
     spec::PluginSpec,
     storage::Quota,
     types::{FailurePolicy, Hook},
@@ -68,7 +73,8 @@ pub struct PolicySet {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreSection {
-    /// `sqlite:PATH` or `postgresql://...` (see [`open_store`](crate::open_store)).
+    /// `sqlite:PATH` (relative to the policy-set file) or `postgresql://...` (see
+    /// [`open_store`](crate::open_store)).
     pub url: String,
 }
 
@@ -82,6 +88,11 @@ pub struct EngineSection {
     /// Previous chains kept for [`Host::rollback`](crate::Host::rollback). Default 3.
     #[serde(default = "default_keep")]
     pub keep_generations: usize,
+    /// Directory of the on-disk compile cache, relative to the policy-set file (see
+    /// [`HostBuilder::compile_cache`]). Default: none, components are compiled once per
+    /// process.
+    #[serde(default)]
+    pub cache_dir: Option<PathBuf>,
 }
 
 impl Default for EngineSection {
@@ -89,6 +100,7 @@ impl Default for EngineSection {
         Self {
             pinned_only: false,
             keep_generations: default_keep(),
+            cache_dir: None,
         }
     }
 }
@@ -168,6 +180,49 @@ impl PolicySet {
         let de = toml::Deserializer::parse(text).map_err(|e| (String::new(), e.to_string()))?;
         serde_path_to_error::deserialize(de)
             .map_err(|e| (e.path().to_string(), e.inner().to_string()))
+    }
+
+    /// A [`HostBuilder`] for this set: its `[store]` opened with
+    /// [`open_store`](crate::open_store) and its `engine.cache_dir` as the compile cache.
+    /// Apply the set to the built host with [`Host::apply`](crate::Host::apply). Errors
+    /// when the set names no store or the store cannot be opened.
+    pub fn host_builder(&self, homeserver: Arc<dyn Homeserver>) -> Result<HostBuilder, Error> {
+        let Some(store) = &self.store else {
+            return Err(problem(
+                &self.file,
+                None,
+                "store.url",
+                "the set names no store",
+            ));
+        };
+        // A relative SQLite path is relative to the set, like every other path in it.
+        let url = match store.url.strip_prefix("sqlite:") {
+            Some(path) if Path::new(path).is_relative() && !path.is_empty() => {
+                format!("sqlite:{}", self.dir().join(path).display())
+            }
+            _ => store.url.clone(),
+        };
+        let state = crate::open_store(&url)
+            .map_err(|e| problem(&self.file, None, "store.url", e.to_string()))?;
+        let mut builder = Host::builder(homeserver, state);
+        if let Some(dir) = &self.engine.cache_dir {
+            builder = builder.compile_cache(self.dir().join(dir));
+        }
+        Ok(builder)
+    }
+
+    /// Every file the set is made of: the set itself, each entry's component and config
+    /// file. A watcher reloads when one of them changes.
+    pub fn files(&self) -> Vec<PathBuf> {
+        let dir = self.dir();
+        let mut files = vec![self.file.clone()];
+        for entry in &self.plugins {
+            files.push(dir.join(&entry.path));
+            if let Some(config) = &entry.config_file {
+                files.push(dir.join(config));
+            }
+        }
+        files
     }
 
     fn dir(&self) -> PathBuf {

@@ -10,6 +10,7 @@ mod support;
 
 mod api;
 mod cli_limits;
+mod compile_cache;
 mod composition;
 mod consent;
 mod containment;
@@ -26,3 +27,4 @@ mod policy_set;
 mod replay;
 mod state;
 mod stores;
+mod watch;

@@ -166,12 +166,23 @@ fn rollback_puts_the_previous_set_back_and_allow_list_mode_needs_pins() {
             &two(("scripted-a", "A1"), ("scripted-b", "A2")),
         ))
         .unwrap();
-    t.host
+    let applied = t
+        .host
         .apply(&write_set(
             &dir.0,
             &two(("scripted-b", "B2"), ("scripted-a", "B1")),
         ))
         .unwrap();
+    let changes: Vec<String> = applied.changes.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        changes,
+        [
+            "scripted-b: reconfigured",
+            "scripted-b: moved 1 -> 0",
+            "scripted-a: reconfigured",
+            "scripted-a: moved 0 -> 1"
+        ]
+    );
     let send = || bodies(&t.host.on_send(&message("@a:hs.example", "hi")).actions);
     assert_eq!(send(), ["B2", "B1"]);
     t.host.rollback().unwrap();
@@ -197,6 +208,13 @@ fn calls_during_continuous_swaps_each_see_exactly_one_set() {
     let a = write_set(&dir.0, &two(("scripted-a", "A1"), ("scripted-b", "A2")));
     let b_dir = TempDir::new("set-swaps-b");
     let b = write_set(&b_dir.0, &two(("scripted-b", "B2"), ("scripted-a", "B1")));
+    // The same instance names on the other builds: every instance is rebuilt.
+    let c_dir = TempDir::new("set-swaps-c");
+    let c_text = two(("scripted-a", "C1"), ("scripted-b", "C2"))
+        .replace("path = \"scripted-a.wasm\"", "path = \"other-b.wasm\"")
+        .replace("path = \"scripted-b.wasm\"", "path = \"scripted-a.wasm\"")
+        .replace("path = \"other-b.wasm\"", "path = \"scripted-b.wasm\"");
+    let c = write_set(&c_dir.0, &c_text);
     t.host.apply(&a).unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     let callers: Vec<_> = (0..8)
@@ -209,7 +227,7 @@ fn calls_during_continuous_swaps_each_see_exactly_one_set() {
                     assert!(d.failures.is_empty(), "{:?}", d.failures);
                     let seen = bodies(&d.actions);
                     assert!(
-                        seen == ["A1", "A2"] || seen == ["B2", "B1"],
+                        seen == ["A1", "A2"] || seen == ["B2", "B1"] || seen == ["C1", "C2"],
                         "a call saw half a set: {seen:?}"
                     );
                     calls += 1;
@@ -218,10 +236,12 @@ fn calls_during_continuous_swaps_each_see_exactly_one_set() {
             })
         })
         .collect();
-    // Each swap re-initialises both plugins (compiled once, kept in memory by their hash).
-    let swaps = 1_000;
+    // Each swap re-initialises both plugins (compiled once, kept in memory by their hash),
+    // changing their order (a, b), their configs (all three) or their builds (c).
+    let swaps = 1_002;
     for i in 0..swaps {
-        t.host.apply(if i % 2 == 0 { &b } else { &a }).unwrap();
+        let applied = t.host.apply([&b, &c, &a][i % 3]).unwrap();
+        assert!(!applied.changes.is_empty());
     }
     stop.store(true, Ordering::Relaxed);
     let calls: u64 = callers.into_iter().map(|c| c.join().unwrap()).sum();
