@@ -1,7 +1,10 @@
 //! One loaded plugin: its compiled component, cached `InstancePre`, description, settings, and
 //! the execution of one hook call with limits, deadline and buffered state writes.
 
-use std::sync::{Arc, Mutex};
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use sha2::{Digest, Sha256};
 use wasmtime::{PoolConcurrencyLimitError, Store, Trap, component::Component};
@@ -195,17 +198,19 @@ impl Plugin {
         // Describe on a throwaway instance. Until it answers, the plugin is named by its
         // instance name or its file; what it reports is checked before it is used anywhere.
         let mut store = Self::new_store(rt, &label, &state, &homeserver, &spec.settings);
+        let load_deadline = spec.settings.load_deadline();
+        store.set_epoch_deadline(crate::spec::ticks(load_deadline));
         let bindings = pre.instantiate(&mut store).map_err(|e| {
             load_err(format!(
                 "cannot instantiate (a plugin instance may have {MAX_MEMORIES} memory, \
                  {MAX_TABLES} tables and {MAX_CORE_INSTANCES} core instances): {}",
-                classify(&e, &store, &spec.settings)
+                classify(&e, &store, load_deadline)
             ))
         })?;
         let info = bindings.call_describe(&mut store).map_err(|e| {
             load_err(format!(
                 "`describe` failed: {}",
-                classify(&e, &store, &spec.settings)
+                classify(&e, &store, load_deadline)
             ))
         })?;
         let info = check_info(info).map_err(load_err)?;
@@ -260,9 +265,11 @@ impl Plugin {
     /// Run `init` with the configuration on a fresh instance.
     pub(crate) fn check_config(&self, rt: &Runtime) -> Result<()> {
         let mut store = self.fresh_store(rt);
+        let deadline = self.settings.load_deadline();
+        store.set_epoch_deadline(crate::spec::ticks(deadline));
         let bindings = self.pre.instantiate(&mut store).map_err(|e| Error::Load {
             plugin: self.name.to_string(),
-            message: format!("cannot instantiate: {}", self.classify(&e, &store)),
+            message: format!("cannot instantiate: {}", classify(&e, &store, deadline)),
         })?;
         match bindings.call_init(&mut store, &self.config_json) {
             Ok(Ok(())) => Ok(()),
@@ -273,7 +280,7 @@ impl Plugin {
             }),
             Err(e) => Err(Error::Load {
                 plugin: self.name.to_string(),
-                message: format!("`init` failed: {}", self.classify(&e, &store)),
+                message: format!("`init` failed: {}", classify(&e, &store, deadline)),
             }),
         }
     }
@@ -319,7 +326,7 @@ impl Plugin {
     }
 
     fn classify(&self, err: &wasmtime::Error, store: &Store<CallCtx>) -> FailureCause {
-        classify(err, store, &self.settings)
+        classify(err, store, self.settings.deadline)
     }
 
     /// Run one hook as a transaction: call it, let `finish` check and convert its output
@@ -455,7 +462,7 @@ fn check_info(info: crate::bindings::wit::PluginInfo) -> Result<PluginInfo, Stri
 }
 
 /// Name why a call failed: the limit an import or the limiter recorded first, then the trap.
-fn classify(err: &wasmtime::Error, store: &Store<CallCtx>, settings: &Settings) -> FailureCause {
+fn classify(err: &wasmtime::Error, store: &Store<CallCtx>, deadline: Duration) -> FailureCause {
     let data = store.data();
     if let Some(cause) = &data.limiter.hit {
         return cause.clone();
@@ -471,7 +478,7 @@ fn classify(err: &wasmtime::Error, store: &Store<CallCtx>, settings: &Settings) 
     }
     match err.downcast_ref::<Trap>() {
         Some(Trap::Interrupt) => FailureCause::Timeout {
-            deadline_ms: u64::try_from(settings.deadline.as_millis()).unwrap_or(u64::MAX),
+            deadline_ms: u64::try_from(deadline.as_millis()).unwrap_or(u64::MAX),
         },
         Some(Trap::StackOverflow) => FailureCause::StackOverflow,
         Some(Trap::MemoryOutOfBounds) if shadow_stack_wrapped(err) => FailureCause::StackOverflow,

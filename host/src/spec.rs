@@ -11,6 +11,9 @@ use crate::{
     types::{FailurePolicy, Hook},
 };
 
+/// Shortest deadline of the calls a load makes (see `Settings::load_deadline_ticks`).
+pub(crate) const LOAD_DEADLINE: Duration = Duration::from_secs(1);
+
 /// Default deadline of one hook call. Epochs tick every millisecond, so a call is interrupted
 /// between `deadline` and `deadline + 1 ms` after it started.
 pub const DEFAULT_DEADLINE: Duration = Duration::from_millis(10);
@@ -111,11 +114,25 @@ pub(crate) struct Settings {
     pub(crate) quota: Quota,
 }
 
+/// `deadline` in epoch ticks (at least one).
+pub(crate) fn ticks(deadline: Duration) -> u64 {
+    let ticks = deadline.as_millis().div_ceil(TICK.as_millis()).max(1);
+    u64::try_from(ticks).unwrap_or(u64::MAX)
+}
+
 impl Settings {
     /// The deadline in epoch ticks (at least one).
     pub(crate) fn deadline_ticks(&self) -> u64 {
-        let ticks = self.deadline.as_millis().div_ceil(TICK.as_millis()).max(1);
-        u64::try_from(ticks).unwrap_or(u64::MAX)
+        ticks(self.deadline)
+    }
+
+    /// The deadline of the calls a load makes (`describe`, and `init` with the config): the
+    /// plugin's deadline, but at least [`LOAD_DEADLINE`]. The first instance of a component
+    /// just compiled or read from the compile cache pays one-time costs (its code and memory
+    /// image paged in) that no hook call pays later; a load must not fail for them. A plugin
+    /// that loops in `describe` or `init` still fails, after this long.
+    pub(crate) fn load_deadline(&self) -> Duration {
+        self.deadline.max(LOAD_DEADLINE)
     }
 
     /// Check every limit against its allowed range.

@@ -229,7 +229,7 @@ fn hostile_init_is_refused_at_load() {
         .unwrap_err();
     assert_eq!(
         err.to_string(),
-        "plugin `scripted-a`: cannot load: `init` failed: timed out after 30 ms"
+        "plugin `scripted-a`: cannot load: `init` failed: timed out after 1000 ms"
     );
     let err = t
         .host
