@@ -4,7 +4,7 @@
 use std::{any::Any, cell::RefCell, marker::PhantomData};
 
 use crate::{
-    Policy,
+    DeclaredHooks, Policy,
     types::ConfigError,
     wit::{self, mxpolicy::policy::types as t},
 };
@@ -54,12 +54,12 @@ fn missing_field(message: &str) -> Option<&str> {
         .and_then(|rest| rest.split('`').next())
 }
 
-impl<P: Policy> wit::Guest for Adapter<P> {
+impl<P: Policy + DeclaredHooks> wit::Guest for Adapter<P> {
     fn describe() -> t::PluginInfo {
         t::PluginInfo {
             name: P::NAME.to_owned(),
             version: P::VERSION.to_owned(),
-            hooks: P::HOOKS.to_vec(),
+            hooks: <P as DeclaredHooks>::HOOKS.to_vec(),
         }
     }
 
@@ -140,7 +140,6 @@ mod tests {
     impl Policy for P {
         const NAME: &'static str = "p";
         const VERSION: &'static str = "1";
-        const HOOKS: &'static [crate::Hook] = &[];
         type Config = Config;
         fn new(_: Config) -> Result<Self, ConfigError> {
             Ok(P)

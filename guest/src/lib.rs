@@ -4,17 +4,17 @@
 //! A complete policy: deny messages that mention a configured word, and count denials.
 //!
 //! ```
-//! use mxpolicy_guest::{ConfigError, Hook, Outcome, Policy, SendContext, state};
+//! use mxpolicy_guest::{ConfigError, Outcome, Policy, SendContext, policy, state};
 //!
 //! #[derive(serde::Deserialize)]
 //! pub struct Config { word: String }
 //!
 //! pub struct NoWord { word: String }
 //!
+//! #[policy] // the host calls `on-send`: the one hook method implemented below
 //! impl Policy for NoWord {
 //!     const NAME: &'static str = "no-word";
 //!     const VERSION: &'static str = "1.0.0";
-//!     const HOOKS: &'static [Hook] = &[Hook::OnSend];
 //!     type Config = Config;
 //!
 //!     fn new(config: Config) -> Result<Self, ConfigError> {
@@ -42,6 +42,8 @@
 //! # let ctx = SendContext::new("@a:hs.example", "!r:hs.example", "m.room.message",
 //! #     serde_json::json!({"body": "an X"}));
 //! # assert_eq!(p.on_send(&ctx).errcode(), Some("M_FORBIDDEN"));
+//! # use mxpolicy_guest::{DeclaredHooks, Hook};
+//! # assert_eq!(NoWord::HOOKS, &[Hook::OnSend]);
 //! ```
 //!
 //! Build it with `crate-type = ["cdylib", "rlib"]` for `wasm32-unknown-unknown` and turn the
@@ -49,8 +51,58 @@
 //! the same crate builds as an ordinary library: its unit tests call the hooks directly, with
 //! the in-memory host of [`testing`].
 //!
-//! Every hook has a default (allow, serve everything, 404), so a policy implements only what
-//! it declares in [`Policy::HOOKS`]; the host calls only those hooks.
+//! Every hook has a default (allow, serve everything, 404), so a policy implements only the
+//! hooks it needs, and the host calls only those.
+//!
+//! # Hooks are declared once
+//!
+//! The host calls a plugin only for the hooks its `describe` lists. That list is not written
+//! by hand: the [`macro@policy`] attribute on the `impl Policy for X` block reads the names of
+//! the methods the block defines and lists the hook of each hook method ([`Policy::on_send`]
+//! and [`Policy::on_unreadable_content`] give [`Hook::OnSend`], [`Policy::on_timer`] gives
+//! [`Hook::OnTimer`], ...), in the order of [`Hook`]. So a hook cannot be implemented and
+//! forgotten (its method would silently never run), nor listed and left at its default (the
+//! host would pay a call for nothing). A method other than a hook method (`new`, helpers in
+//! another `impl` block) declares nothing.
+//!
+//! The list is the constant of a hidden trait the attribute implements, not an item of
+//! [`Policy`], and [`export_policy!`] requires it: a policy without the attribute does not
+//! build, and the error says to add it. Listing the hooks by hand in the block is an error
+//! too:
+//!
+//! ```compile_fail
+//! use mxpolicy_guest::{ConfigError, Hook, Policy, policy};
+//!
+//! pub struct Listed;
+//!
+//! #[policy]
+//! impl Policy for Listed {
+//!     const NAME: &'static str = "listed";
+//!     const VERSION: &'static str = "1.0.0";
+//!     const HOOKS: &'static [Hook] = &[Hook::OnSend]; // error: hooks are derived
+//!     type Config = serde_json::Value;
+//!     fn new(_: serde_json::Value) -> Result<Self, ConfigError> { Ok(Self) }
+//! }
+//! ```
+//!
+//! ```compile_fail,E0277
+//! use mxpolicy_guest::{ConfigError, Policy};
+//!
+//! pub struct Unmarked;
+//!
+//! impl Policy for Unmarked { // no #[policy]
+//!     const NAME: &'static str = "unmarked";
+//!     const VERSION: &'static str = "1.0.0";
+//!     type Config = serde_json::Value;
+//!     fn new(_: serde_json::Value) -> Result<Self, ConfigError> { Ok(Self) }
+//! }
+//!
+//! mxpolicy_guest::export_policy!(Unmarked); // error: `Unmarked` does not declare its hooks
+//! ```
+//!
+//! The attribute sees only the methods written in the block, so it refuses a macro call among
+//! the block's items. A policy's unit tests read the derived list as
+//! `<MyPolicy as mxpolicy_guest::DeclaredHooks>::HOOKS`.
 
 #![deny(missing_docs)]
 
@@ -79,6 +131,7 @@ pub mod wit {
 pub use adapter::Adapter;
 pub use host::{homeserver, log, state, timers};
 pub use ids::{EventId, InvalidId, MxcUri, RoomId, ServerName, UserId};
+pub use mxpolicy_guest_macros::policy;
 pub use serde_json;
 pub use types::{
     Action, AdminRequest, ConfigError, ContentError, DeactivateContext, HistoryVisibility, Hook,
@@ -87,8 +140,9 @@ pub use types::{
     ServeVerdict, TimerContext, UserKind, Verdict, Viewer,
 };
 
-/// A policy. Implement the hooks you list in [`HOOKS`](Policy::HOOKS); every other hook keeps
-/// its default and is never called by the host.
+/// A policy. Put [`#[policy]`](macro@policy) on the `impl Policy for X` block: the host then
+/// calls exactly the hooks whose methods the block implements; every other hook keeps its
+/// default and is never called.
 ///
 /// The host creates the policy with [`new`](Policy::new) from its JSON configuration before
 /// each call (instances are fresh by default), so `new` should only parse and check. Keep
@@ -98,8 +152,6 @@ pub trait Policy: Sized + 'static {
     const NAME: &'static str;
     /// The plugin's version.
     const VERSION: &'static str;
-    /// The hooks the host should call.
-    const HOOKS: &'static [Hook];
     /// The configuration, deserialized from the JSON the admin gave the host.
     type Config: serde::de::DeserializeOwned;
 
@@ -112,7 +164,8 @@ pub trait Policy: Sized + 'static {
     }
 
     /// A local user's event whose content the SDK could not parse (see [`ContentError`]);
-    /// `ctx.content` is `null` and [`on_send`](Policy::on_send) is not called. Default: deny
+    /// `ctx.content` is `null` and [`on_send`](Policy::on_send) is not called. Part of
+    /// [`Hook::OnSend`]: implementing it declares that hook, like `on_send`. Default: deny
     /// with `M_BAD_JSON`. Content a policy cannot read must never pass as if it were empty:
     /// a keyword hidden 127 levels deep would otherwise slip past every filter.
     fn on_unreadable_content(&self, _ctx: &SendContext, error: &ContentError) -> Outcome {
@@ -172,11 +225,32 @@ pub trait Policy: Sized + 'static {
     }
 }
 
+/// The hooks a policy declares, derived by [`#[policy]`](macro@policy) from the hook methods
+/// of its `impl Policy` block, in the order of [`Hook`]. Implemented only by the attribute;
+/// [`export_policy!`] requires it.
+#[doc(hidden)]
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` does not declare its hooks: add #[mxpolicy_guest::policy] to your impl Policy block",
+    label = "this policy's `impl Policy` block has no `#[mxpolicy_guest::policy]`",
+    note = "the attribute derives the hooks the host calls from the methods the block implements"
+)]
+pub trait DeclaredHooks {
+    /// The hooks the host calls, one per implemented hook method.
+    const HOOKS: &'static [Hook];
+}
+
+/// Check, at compile time and in every build, that `P` can be exported. Used by
+/// [`export_policy!`].
+#[doc(hidden)]
+pub const fn assert_exportable<P: Policy + DeclaredHooks>() {}
+
 /// Export a [`Policy`] type as the component's implementation of the `mxpolicy:policy` world.
-/// Use it once per plugin crate. In native builds it expands to nothing.
+/// Use it once per plugin crate. The type's `impl Policy` block needs
+/// [`#[policy]`](macro@policy); native builds check that and export nothing.
 #[macro_export]
 macro_rules! export_policy {
     ($policy:ty) => {
+        const _: () = $crate::assert_exportable::<$policy>();
         #[cfg(target_arch = "wasm32")]
         const _: () = {
             type MxpolicyExport = $crate::Adapter<$policy>;

@@ -14,10 +14,10 @@
 use std::collections::BTreeMap;
 
 use mxpolicy_guest::{
-    Action, AdminRequest, ConfigError, DeactivateContext, Hook, HttpRequest, HttpResponse,
+    Action, AdminRequest, ConfigError, DeactivateContext, HttpRequest, HttpResponse,
     MediaFetchContext, MediaUploadContext, Outcome, Policy, ReactivateContext, SendContext,
     ServeContext, ServeOutcome, ServeVerdict, TimerContext, UserId, export_policy, homeserver,
-    state, timers,
+    policy, state, timers,
 };
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -271,21 +271,10 @@ fn action(v: &Value) -> Option<Action> {
     })
 }
 
+#[policy]
 impl Policy for Scripted {
     const NAME: &'static str = env!("CARGO_PKG_NAME");
     const VERSION: &'static str = env!("CARGO_PKG_VERSION");
-    const HOOKS: &'static [Hook] = &[
-        Hook::OnSend,
-        Hook::OnClientServe,
-        Hook::OnFederationServe,
-        Hook::OnDeactivate,
-        Hook::OnReactivate,
-        Hook::OnMediaUpload,
-        Hook::OnMediaFetch,
-        Hook::OnHttp,
-        Hook::OnTimer,
-        Hook::OnAdmin,
-    ];
     type Config = Config;
 
     fn new(config: Config) -> Result<Self, ConfigError> {

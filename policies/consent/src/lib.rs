@@ -36,9 +36,9 @@ mod template;
 use hmac::{Hmac, Mac};
 use maud::{Markup, html};
 use mxpolicy_guest::{
-    Action, AdminRequest, ConfigError, Hook, HttpRequest, HttpResponse, Outcome, Policy,
-    SendContext, ServeContext, ServeOutcome, UserId, UserKind, Viewer, export_policy, homeserver,
-    http::query_string, log,
+    Action, AdminRequest, ConfigError, HttpRequest, HttpResponse, Outcome, Policy, SendContext,
+    ServeContext, ServeOutcome, UserId, UserKind, Viewer, export_policy, homeserver,
+    http::query_string, log, policy,
 };
 use serde_json::{Value, json};
 use sha2::Sha256;
@@ -354,15 +354,10 @@ impl Consent {
     }
 }
 
+#[policy]
 impl Policy for Consent {
     const NAME: &'static str = "consent";
     const VERSION: &'static str = env!("CARGO_PKG_VERSION");
-    const HOOKS: &'static [Hook] = &[
-        Hook::OnSend,
-        Hook::OnClientServe,
-        Hook::OnHttp,
-        Hook::OnAdmin,
-    ];
     type Config = Config;
 
     fn new(config: Config) -> Result<Self, ConfigError> {

@@ -33,8 +33,8 @@ mod tests;
 
 use hmac::Hmac;
 use mxpolicy_guest::{
-    Action, AdminRequest, ConfigError, DeactivateContext, Hook, Outcome, Policy, ReactivateContext,
-    SendContext, ServeContext, ServeOutcome, TimerContext, export_policy,
+    Action, AdminRequest, ConfigError, DeactivateContext, Outcome, Policy, ReactivateContext,
+    SendContext, ServeContext, ServeOutcome, TimerContext, export_policy, policy,
 };
 use serde_json::Value;
 use sha2::Sha256;
@@ -55,18 +55,10 @@ pub struct Erasure {
     withhold_unjoined: bool,
 }
 
+#[policy]
 impl Policy for Erasure {
     const NAME: &'static str = "erasure";
     const VERSION: &'static str = env!("CARGO_PKG_VERSION");
-    const HOOKS: &'static [Hook] = &[
-        Hook::OnSend,
-        Hook::OnClientServe,
-        Hook::OnFederationServe,
-        Hook::OnDeactivate,
-        Hook::OnReactivate,
-        Hook::OnTimer,
-        Hook::OnAdmin,
-    ];
     type Config = Config;
 
     fn new(config: Config) -> Result<Self, ConfigError> {

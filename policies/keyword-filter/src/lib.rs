@@ -17,8 +17,8 @@
 
 use maud::{DOCTYPE, html};
 use mxpolicy_guest::{
-    ConfigError, Hook, HttpRequest, HttpResponse, Outcome, Policy, SendContext, UserKind,
-    export_policy, log, state,
+    ConfigError, HttpRequest, HttpResponse, Outcome, Policy, SendContext, UserKind, export_policy,
+    log, policy, state,
 };
 use serde::Deserialize;
 
@@ -70,10 +70,10 @@ impl KeywordFilter {
     }
 }
 
+#[policy]
 impl Policy for KeywordFilter {
     const NAME: &'static str = "keyword-filter";
     const VERSION: &'static str = env!("CARGO_PKG_VERSION");
-    const HOOKS: &'static [Hook] = &[Hook::OnSend, Hook::OnHttp];
     type Config = Config;
 
     fn new(config: Config) -> Result<Self, ConfigError> {

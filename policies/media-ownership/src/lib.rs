@@ -47,9 +47,8 @@ mod references;
 mod upload;
 
 use mxpolicy_guest::{
-    Action, AdminRequest, ConfigError, DeactivateContext, Hook, MediaFetchContext,
-    MediaUploadContext, Outcome, Policy, ReactivateContext, SendContext, TimerContext,
-    export_policy,
+    Action, AdminRequest, ConfigError, DeactivateContext, MediaFetchContext, MediaUploadContext,
+    Outcome, Policy, ReactivateContext, SendContext, TimerContext, export_policy, policy,
 };
 use serde_json::Value;
 
@@ -69,18 +68,10 @@ pub struct MediaOwnership {
     allowed: Option<Vec<mime::Mime>>,
 }
 
+#[policy]
 impl Policy for MediaOwnership {
     const NAME: &'static str = "media-ownership";
     const VERSION: &'static str = env!("CARGO_PKG_VERSION");
-    const HOOKS: &'static [Hook] = &[
-        Hook::OnSend,
-        Hook::OnDeactivate,
-        Hook::OnReactivate,
-        Hook::OnMediaUpload,
-        Hook::OnMediaFetch,
-        Hook::OnTimer,
-        Hook::OnAdmin,
-    ];
     type Config = Config;
 
     fn new(config: Config) -> Result<Self, ConfigError> {

@@ -2,8 +2,8 @@
 
 use mime::Mime;
 use mxpolicy_guest::{
-    MatrixError, Requester, ServerName, UserId, Verdict, gdpr::DEFAULT_GRACE_PERIOD_MS, state,
-    testing,
+    DeclaredHooks, Hook, MatrixError, Requester, ServerName, UserId, Verdict,
+    gdpr::DEFAULT_GRACE_PERIOD_MS, state, testing,
 };
 use serde_json::json;
 
