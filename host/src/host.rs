@@ -474,7 +474,10 @@ impl Host {
     /// problem leaves the running chain untouched, and every problem found is returned, each
     /// naming the file, the entry and the key. Calls in flight finish on the generation they
     /// started on. The replaced chain is kept for [`Host::rollback`] (`engine.keep_generations`
-    /// of them). Entries keep their state and concurrency slots by instance name.
+    /// of them). Entries keep their state and concurrency slots by instance name. An entry
+    /// whose component bytes, config and limits are those of the running entry of the same
+    /// name is kept as it is, with its warm instances (its pin is still checked): a change to
+    /// one entry re-initialises that entry only.
     pub fn apply(&self, set: &PolicySet) -> std::result::Result<Applied, Vec<Error>> {
         let _w = self.lock_writer();
         let current = self.chain.load_full();
@@ -490,6 +493,11 @@ impl Host {
                 }
             };
             let instance = spec.instance.clone().unwrap_or_default();
+            // An entry whose build, config and limits did not change is kept as it is.
+            if let Some(same) = current.plugins.iter().find(|p| p.same_build(&spec)) {
+                plugins.push(same.clone());
+                continue;
+            }
             let built = self.compile(spec).and_then(|p| {
                 p.check_config(&self.runtime)?;
                 Ok(p)

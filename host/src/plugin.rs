@@ -149,7 +149,11 @@ impl Plugin {
             }
             Source::Bytes { bytes, .. } => bytes,
         };
-        let sha256 = hex::encode(Sha256::digest(&bytes));
+        // Hashed here unless the caller hashed these very bytes (a policy set, for its pins).
+        let sha256 = spec
+            .sha256
+            .clone()
+            .unwrap_or_else(|| hex::encode(Sha256::digest(&bytes)));
         if bytes.len() >= 8 && bytes[..4] == *b"\0asm" && bytes[4..8] == [1, 0, 0, 0] {
             return Err(load_err(
                 "this is a core WebAssembly module, not a component; build plugins with \
@@ -260,6 +264,16 @@ impl Plugin {
             &self.homeserver,
             &self.settings,
         )
+    }
+
+    /// Whether `spec` describes this very build: same instance, component bytes (by hash),
+    /// configuration and settings. A policy set applied again reuses such an entry as it is
+    /// (with its warm instances) instead of describing and initialising it again.
+    pub(crate) fn same_build(&self, spec: &PluginSpec) -> bool {
+        spec.instance.as_deref() == Some(&*self.name)
+            && spec.sha256.as_deref() == Some(self.sha256.as_str())
+            && spec.config.to_string() == self.config_json
+            && format!("{:?}", spec.settings) == format!("{:?}", self.settings)
     }
 
     /// Run `init` with the configuration on a fresh instance.

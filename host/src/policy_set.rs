@@ -311,6 +311,7 @@ impl PolicySet {
         let mut spec = PluginSpec::bytes(entry.instance.clone(), bytes)
             .instance(entry.instance.clone())
             .config(config);
+        spec.sha256 = Some(sha);
         if let Some(ms) = entry.deadline_ms {
             spec = spec.deadline(Duration::from_millis(ms));
         }

@@ -100,6 +100,9 @@ pub struct PluginSpec {
     pub(crate) instance: Option<String>,
     pub(crate) config: Value,
     pub(crate) settings: Settings,
+    /// The SHA-256 of `source`'s bytes when the caller already hashed exactly those bytes
+    /// (a policy set checks pins with it), so they are not hashed twice.
+    pub(crate) sha256: Option<String>,
 }
 
 /// Limits and policies of one loaded plugin.
@@ -187,6 +190,7 @@ impl PluginSpec {
                 max_concurrency: DEFAULT_MAX_CONCURRENCY,
                 quota: DEFAULT_QUOTA,
             },
+            sha256: None,
         }
     }
 

@@ -290,3 +290,50 @@ fn metrics_report_the_chain_calls_denials_and_failures() {
         "{text}"
     );
 }
+
+#[test]
+fn an_unchanged_entry_is_kept_as_it_runs_and_only_the_changed_one_is_reloaded() {
+    let dir = TempDir::new("set-keep");
+    let t = test_host();
+    let first = t
+        .host
+        .apply(&write_set(
+            &dir.0,
+            &two(("scripted-a", "A1"), ("scripted-b", "A2")),
+        ))
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let same = t
+        .host
+        .apply(&write_set(
+            &dir.0,
+            &two(("scripted-a", "A1"), ("scripted-b", "A2")),
+        ))
+        .unwrap();
+    assert!(same.changes.is_empty(), "{:?}", same.changes);
+    assert_eq!(same.generation, first.generation + 1);
+    assert_eq!(
+        same.plugins, first.plugins,
+        "both entries kept, load times included"
+    );
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let edited = t
+        .host
+        .apply(&write_set(
+            &dir.0,
+            &two(("scripted-a", "A1"), ("scripted-b", "B2")),
+        ))
+        .unwrap();
+    assert_eq!(
+        edited.changes,
+        [mxpolicy_host::Change::Reconfigured {
+            instance: "scripted-b".into()
+        }]
+    );
+    assert_eq!(edited.plugins[0], first.plugins[0], "scripted-a kept");
+    assert!(edited.plugins[1].loaded_at_ms > first.plugins[1].loaded_at_ms);
+    assert_eq!(
+        bodies(&t.host.on_send(&message("@a:hs.example", "hi")).actions),
+        ["A1", "B2"]
+    );
+}
