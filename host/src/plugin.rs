@@ -272,7 +272,7 @@ impl Plugin {
     pub(crate) fn same_build(&self, spec: &PluginSpec) -> bool {
         spec.instance.as_deref() == Some(&*self.name)
             && spec.sha256.as_deref() == Some(self.sha256.as_str())
-            && spec.config.to_string() == self.config_json
+            && serde_json::to_string(&spec.config).is_ok_and(|c| c == self.config_json)
             && format!("{:?}", spec.settings) == format!("{:?}", self.settings)
     }
 
