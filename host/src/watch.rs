@@ -7,7 +7,8 @@
 //! use mxpolicy_host::{Host, MemoryHomeserver, PolicySet, Watcher};
 //!
 //! let set = PolicySet::from_file("/etc/mxpolicy/policy-set.toml")?;
-//! let host = Arc::new(set.host_builder(Arc::new(MemoryHomeserver::new()))?.build()?);
+//! let homeserver = Arc::new(MemoryHomeserver::new(mxpolicy_host::ruma::owned_server_name!("hs.example")));
+//! let host = Arc::new(set.host_builder(homeserver)?.build()?);
 //! host.apply(&set).map_err(|mut problems| problems.remove(0))?;
 //! let watcher = Watcher::start(host.clone(), &set.file, Duration::from_millis(300))?;
 //! watcher.reload_on_sighup()?; // in a process that owns the host
