@@ -5,7 +5,9 @@
 pub mod check;
 pub mod expect;
 pub mod export;
+pub mod init;
 pub mod locate;
 pub mod replay;
 pub mod scenario;
+pub mod serve;
 pub mod sim;

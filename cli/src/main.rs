@@ -5,6 +5,8 @@
 //!   readable diff of every failed expectation on stderr.
 //!   `mxpolicy replay --list-ops` prints the ops a step can use.
 //! - `mxpolicy check PLUGIN... [--config FILE]` loads plugins and describes them.
+//! - `mxpolicy serve --config FILE` runs a policy set as an HTTP service (see `serve`).
+//! - `mxpolicy init DIR` writes a sample policy set for it.
 //! - `mxpolicy state export --store URL [--plugin P] [--user U]` prints plugin records as JSON.
 //!
 //! Exit status: 0 when everything holds, 1 when an expectation (or an explicit configuration)
@@ -63,6 +65,32 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run a policy set as an HTTP service: hook, web, admin, metrics and health endpoints,
+    /// timers on a schedule, hot swap on file changes and SIGHUP, graceful stop on SIGTERM.
+    ///
+    /// The policy-set file's `[service]` section says where to listen and the API secret
+    /// (`mxpolicy init` writes a sample). Exit status: 0 after a graceful stop, 2 when the set
+    /// or its service settings are refused.
+    Serve {
+        /// The policy-set file.
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Write a sample policy set for `mxpolicy serve` into DIR (the three GDPR policies and
+    /// the keyword filter, SQLite state, generated secrets). Existing files are kept.
+    Init {
+        /// Where to write it.
+        dir: PathBuf,
+        /// The built plugins (default: target/plugins, or $MXPOLICY_PLUGIN_DIR).
+        #[arg(long, value_name = "DIR")]
+        plugins: Option<PathBuf>,
+        /// The port the service listens on, on 127.0.0.1.
+        #[arg(long, default_value_t = 8480)]
+        port: u16,
+        /// The homeserver's server name.
+        #[arg(long, default_value = "localhost")]
+        server_name: String,
+    },
     /// Read a policy store.
     State {
         #[command(subcommand)]
@@ -93,6 +121,46 @@ fn main() -> ExitCode {
     let stdout = std::io::stdout();
     let stderr = std::io::stderr();
     let code = match cli.command {
+        Command::Serve { config } => {
+            init_logging();
+            match mxpolicy::serve::run(&config, &mut stdout.lock()) {
+                Ok(()) => 0,
+                Err(e) => {
+                    let _ = writeln!(stderr.lock(), "error: {e}");
+                    2
+                }
+            }
+        }
+        Command::Init {
+            dir,
+            plugins,
+            port,
+            server_name,
+        } => {
+            let args = mxpolicy::init::InitArgs {
+                dir,
+                plugins: plugins.unwrap_or_else(mxpolicy::locate::plugin_dir),
+                port,
+                server_name,
+            };
+            let mut err = stderr.lock();
+            match mxpolicy::init::run(&args, &mut err) {
+                Ok(file) => {
+                    let _ = writeln!(
+                        stdout.lock(),
+                        "{}
+run it with: mxpolicy serve --config {}",
+                        file.display(),
+                        file.display()
+                    );
+                    0
+                }
+                Err(e) => {
+                    let _ = writeln!(err, "error: {e}");
+                    2
+                }
+            }
+        }
         Command::Replay { list_ops: true, .. } => {
             let mut out = stdout.lock();
             let listed = scenario::OPS
@@ -138,6 +206,17 @@ fn main() -> ExitCode {
         ),
     };
     ExitCode::from(code as u8)
+}
+
+/// Logs on stderr; `RUST_LOG` filters them (default `info`).
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
 }
 
 fn config_arg(file: Option<PathBuf>, text: Option<String>) -> Result<check::ConfigArg, String> {

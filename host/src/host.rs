@@ -155,6 +155,7 @@ pub struct HostBuilder {
     max_content_depth: usize,
     timers_per_pass: usize,
     outbox: bool,
+    timer_actions_unclaimed: bool,
     compile_cache: Option<std::path::PathBuf>,
 }
 
@@ -207,6 +208,15 @@ impl HostBuilder {
         self
     }
 
+    /// With the outbox on: record the actions of timers fired by [`Host::run_timers`]
+    /// unclaimed, so the next [`Host::claim_actions`] hands them out at once, instead of
+    /// leasing them to the caller of `run_timers` (default: off). For a service whose
+    /// scheduler fires timers while the homeserver takes the actions from the outbox.
+    pub fn timer_actions_unclaimed(mut self, enabled: bool) -> Self {
+        self.timer_actions_unclaimed = enabled;
+        self
+    }
+
     /// Create the host (engine, linker, epoch thread) with an empty chain.
     pub fn build(self) -> Result<Host> {
         if !(1..=100_000).contains(&self.timers_per_pass) {
@@ -242,6 +252,7 @@ impl HostBuilder {
             timers_per_pass: self.timers_per_pass,
             timer_stats: TimerCounters::default(),
             outbox: self.outbox,
+            timer_actions_unclaimed: self.timer_actions_unclaimed,
             metrics: Metrics::new(),
         })
     }
@@ -275,6 +286,7 @@ pub struct Host {
     timers_per_pass: usize,
     timer_stats: TimerCounters,
     outbox: bool,
+    timer_actions_unclaimed: bool,
     metrics: Metrics,
 }
 
@@ -295,6 +307,7 @@ impl Host {
             max_content_depth: DEFAULT_MAX_CONTENT_DEPTH,
             timers_per_pass: DEFAULT_TIMERS_PER_PASS,
             outbox: false,
+            timer_actions_unclaimed: false,
             compile_cache: None,
         }
     }
@@ -310,6 +323,20 @@ impl Host {
             txn.actions.push(json);
         }
         txn.actions_lease_until_ms = self.now().saturating_add(OUTBOX_LEASE_MS);
+        Ok(())
+    }
+
+    /// [`record`](Self::record) for a timer's actions: unclaimed when
+    /// [`HostBuilder::timer_actions_unclaimed`] is on.
+    fn record_timer_actions(
+        &self,
+        txn: &mut Transaction,
+        actions: &[Action],
+    ) -> Result<(), FailureCause> {
+        self.record(txn, actions)?;
+        if self.timer_actions_unclaimed {
+            txn.actions_lease_until_ms = 0;
+        }
         Ok(())
     }
 
@@ -1039,7 +1066,7 @@ impl Host {
                             then: None,
                         },
                     );
-                    self.record(txn, &actions)?;
+                    self.record_timer_actions(txn, &actions)?;
                     Ok(actions)
                 },
             );

@@ -61,6 +61,10 @@ pub struct PolicySet {
     /// Engine-wide settings.
     #[serde(default)]
     pub engine: EngineSection,
+    /// Settings of the service mode (`mxpolicy serve`), which parses and checks them; an
+    /// embedding homeserver ignores them.
+    #[serde(default)]
+    pub service: Option<toml::Table>,
     /// The chain, in order.
     #[serde(default, rename = "plugin")]
     pub plugins: Vec<Entry>,

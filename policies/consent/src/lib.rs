@@ -13,7 +13,8 @@
 //!   the policy only (the `m.login.terms` URL); a link with a missing or wrong `h` gets 403.
 //! - **Server notices**: one per user and version, on a denied send and when the user is
 //!   served events (sync), never twice for a version, across hot swaps (the record is state).
-//! - **on-admin**: `record-consent`, `consent-status`, `terms-params`, `set-user-kind`.
+//! - **on-admin**: `record-consent`, `consent-status`, `terms-params`, `set-user-kind`,
+//!   `consent-uri` (the signed link of a user's consent page, to hand out by other means).
 //!
 //! See the README for the configuration.
 //!
@@ -425,9 +426,13 @@ impl Policy for Consent {
             "consent-status" => self.consent_status(req),
             "terms-params" => Ok(self.terms_params()),
             "set-user-kind" => Self::set_user_kind(req),
+            "consent-uri" => {
+                let user = Self::admin_user(&req.args)?;
+                Ok(json!({ "consent_uri": self.consent_uri(user.as_str()) }))
+            }
             other => Err(format!(
-                "unknown command `{other}`: use record-consent, consent-status, terms-params \
-                 or set-user-kind"
+                "unknown command `{other}`: use record-consent, consent-status, terms-params, \
+                 set-user-kind or consent-uri"
             )),
         }
     }

@@ -159,6 +159,9 @@ fn links_are_percent_encoded_as_rfc_3986() {
         terms["policies"]["privacy_policy"]["en"]["url"],
         "https://hs.example/_mxpolicy/consent/?v=2026%20rev~1%2A"
     );
+    let uri = admin(&p, "consent-uri", json!({"user": "@a:hs.example"})).expect("uri");
+    assert_eq!(uri["consent_uri"], p.consent_uri("@a:hs.example"));
+    assert!(admin(&p, "consent-uri", json!({"user": "nobody"})).is_err());
 }
 
 #[test]
