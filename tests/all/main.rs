@@ -25,6 +25,7 @@ mod media;
 mod paging;
 mod policy_set;
 mod replay;
+mod serve;
 mod state;
 mod stores;
 mod watch;

@@ -1,0 +1,685 @@
+//! `mxpolicy serve` as a real process on a loopback port, driven over HTTP: every hook
+//! endpoint, the consent page, authentication, bad requests, hot swap under load, graceful
+//! stop with requests in flight, a restart on the same SQLite file, and the sample set's
+//! printed `curl` commands.
+
+use std::{
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use serde_json::{Value, json};
+
+use crate::{
+    stores::TempDir,
+    support::{binary, target_dir},
+};
+
+/// A free loopback port (bound, read, released: a small race other tests could lose).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `mxpolicy init DIR --port P`: the sample set (consent, erasure, media, spam).
+fn init(dir: &Path, port: u16) -> PathBuf {
+    let out = Command::new(binary())
+        .args(["init", dir.to_str().unwrap(), "--port", &port.to_string()])
+        .args(["--plugins", target_dir().join("plugins").to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    dir.join("policy-set.toml")
+}
+
+/// A running service; killed on drop if still running.
+struct Service {
+    child: Child,
+    base: String,
+    /// What it printed on stdout up to the blank line after the sample (or its first line).
+    banner: String,
+    secret: String,
+}
+
+impl Service {
+    fn start(set: &Path) -> Self {
+        let mut child = Command::new(binary())
+            .args(["serve", "--config", set.to_str().unwrap()])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let first = lines
+            .next()
+            .and_then(Result::ok)
+            .unwrap_or_else(|| panic!("the service did not start: {:?}", child.wait()));
+        let base = first
+            .split("listening on ")
+            .nth(1)
+            .and_then(|rest| rest.split(' ').next())
+            .unwrap_or_else(|| panic!("{first}"))
+            .to_owned();
+        let mut banner = first.clone();
+        // The sample block ends with the second curl command and a blank line.
+        if std::fs::read_to_string(set)
+            .unwrap()
+            .contains("sample_user")
+        {
+            let mut curls = 0;
+            for line in lines.by_ref() {
+                let line = line.unwrap();
+                banner.push('\n');
+                banner.push_str(&line);
+                if line.trim_start().starts_with("curl ") {
+                    curls += 1;
+                    if curls == 2 {
+                        break;
+                    }
+                }
+            }
+        }
+        // Keep draining stdout so the service never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        let secret = std::fs::read_to_string(set.parent().unwrap().join("api-secret"))
+            .unwrap()
+            .trim()
+            .to_owned();
+        Self {
+            child,
+            base,
+            banner,
+            secret,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// SIGTERM, then the exit status.
+    fn stop(mut self) -> std::process::ExitStatus {
+        let pid = i32::try_from(self.child.id()).unwrap();
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        let status = self.child.wait().unwrap();
+        std::mem::forget(self);
+        status
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(30)))
+        .build()
+        .into()
+}
+
+/// POST `body` (JSON text) with `auth` as the bearer token (none if `None`).
+fn post(agent: &ureq::Agent, url: &str, auth: Option<&str>, body: &str) -> (u16, Value) {
+    let mut request = agent.post(url).header("content-type", "application/json");
+    if let Some(token) = auth {
+        request = request.header("authorization", &format!("Bearer {token}"));
+    }
+    let mut response = request.send(body).unwrap();
+    let status = response.status().as_u16();
+    let text = response.body_mut().read_to_string().unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+fn get(agent: &ureq::Agent, url: &str) -> (u16, String) {
+    let mut response = agent.get(url).call().unwrap();
+    let status = response.status().as_u16();
+    (status, response.body_mut().read_to_string().unwrap())
+}
+
+impl Service {
+    fn hook(&self, hook: &str, context: Value) -> Value {
+        let (status, body) = post(
+            &agent(),
+            &self.url(&format!("/_mxpolicy/v1/hooks/{hook}")),
+            Some(&self.secret),
+            &json!({ "context": context }).to_string(),
+        );
+        assert_eq!(status, 200, "{hook}: {body}");
+        body
+    }
+
+    fn admin(&self, path: &str, body: Value) -> (u16, Value) {
+        post(
+            &agent(),
+            &self.url(&format!("/_mxpolicy/v1/admin/{path}")),
+            Some(&self.secret),
+            &body.to_string(),
+        )
+    }
+}
+
+fn send(sender: &str, body: &str) -> Value {
+    json!({
+        "sender": sender,
+        "room_id": "!room:localhost",
+        "room_version": "11",
+        "event_type": "m.room.message",
+        "content": {"msgtype": "m.text", "body": body},
+        "origin_server_ts": 1_700_000_000_000u64,
+    })
+}
+
+fn verdict(decision: &Value) -> (&str, &str) {
+    (
+        decision["outcome"]["verdict"].as_str().unwrap_or_default(),
+        decision["outcome"]["errcode"].as_str().unwrap_or_default(),
+    )
+}
+
+/// Accept the consent page the way a browser's form does.
+fn accept_consent(service: &Service, consent_uri: &str) {
+    let query = consent_uri.split_once('?').unwrap().1;
+    let (status, page) = get(&agent(), consent_uri);
+    assert_eq!(status, 200);
+    assert!(page.contains("accept"), "{page}");
+    let mut response = agent()
+        .post(&service.url("/_mxpolicy/consent/"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .send(query)
+        .unwrap();
+    let text = response.body_mut().read_to_string().unwrap();
+    assert_eq!(response.status().as_u16(), 200, "{text}");
+}
+
+#[test]
+fn every_hook_endpoint_and_the_consent_page_answer_over_http() {
+    let dir = TempDir::new("serve-hooks");
+    let service = Service::start(&init(&dir.0, free_port()));
+    let (status, health) = get(&agent(), &service.url("/health"));
+    assert_eq!(status, 200, "{health}");
+
+    // Consent: refused with the link, then accepted on the page, then allowed.
+    let denied = service.hook("on-send", send("@alice:localhost", "hello"));
+    assert_eq!(
+        verdict(&denied),
+        ("deny", "M_CONSENT_NOT_GIVEN"),
+        "{denied}"
+    );
+    assert_eq!(denied["decided_by"], "consent");
+    let uri = denied["outcome"]["fields"]["consent_uri"].as_str().unwrap();
+    assert!(
+        uri.starts_with(&service.url("/_mxpolicy/consent/?")),
+        "{uri}"
+    );
+    accept_consent(&service, uri);
+    let allowed = service.hook("on-send", send("@alice:localhost", "hello"));
+    assert_eq!(verdict(&allowed).0, "allow", "{allowed}");
+    // The keyword filter, through the same endpoint.
+    let spam = service.hook("on-send", send("@alice:localhost", "buy now!"));
+    assert_eq!(spam["decided_by"], "spam", "{spam}");
+
+    // Media: alice's upload, bob's fetch.
+    let mxc = "mxc://localhost/abcdefghijkl";
+    let upload = service.hook(
+        "on-media-upload",
+        json!({"mxc": mxc, "uploader": "@alice:localhost", "size": 1234, "content_type": "image/png"}),
+    );
+    assert_eq!(verdict(&upload).0, "allow", "{upload}");
+    let fetch = service.hook(
+        "on-media-fetch",
+        json!({"mxc": mxc, "requester": {"user": "@bob:localhost"}}),
+    );
+    assert_eq!(verdict(&fetch).0, "allow", "{fetch}");
+
+    // Serving before and after alice's erasure request.
+    let event = json!({
+        "event_id": "$e1", "type": "m.room.message", "sender": "@alice:localhost",
+        "room_id": "!room:localhost", "origin_server_ts": 1, "content": {"body": "hi"},
+    });
+    let serve = |hook: &str, viewer: Value| {
+        service.hook(
+            hook,
+            json!({"viewer": viewer, "events": [
+                {"event": event, "room_version": "11", "viewer_joined": false}
+            ]}),
+        )
+    };
+    let client = serve("on-client-serve", json!({"user": "@carol:localhost"}));
+    assert_eq!(client["outcome"][0]["verdict"], "serve", "{client}");
+    let deactivated = service.hook(
+        "on-deactivate",
+        json!({"user": "@alice:localhost", "erase": true}),
+    );
+    assert_eq!(verdict(&deactivated).0, "allow", "{deactivated}");
+    assert!(
+        deactivated["actions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["kind"] == "leave-all-rooms"),
+        "{deactivated}"
+    );
+    assert!(
+        !deactivated["outbox"].as_array().unwrap().is_empty(),
+        "{deactivated}"
+    );
+    let unanswered = deactivated["unanswered"].as_array().unwrap();
+    assert!(
+        unanswered.iter().any(|q| q["question"] == "rooms_of_user"),
+        "the erasure policy asked for alice's rooms, which the request did not send: {deactivated}"
+    );
+    let federation = serve("on-federation-serve", json!({"server": "remote.example"}));
+    assert!(
+        federation["outcome"][0]["verdict"].is_string(),
+        "{federation}"
+    );
+    let reactivated = service.hook("on-reactivate", json!({"user": "@alice:localhost"}));
+    assert_eq!(verdict(&reactivated).0, "allow", "{reactivated}");
+
+    // Admin: the chain, a plugin command, the outbox.
+    let (status, chain) = {
+        let mut r = agent()
+            .get(&service.url("/_mxpolicy/v1/admin/chain"))
+            .header("authorization", &format!("Bearer {}", service.secret))
+            .call()
+            .unwrap();
+        (
+            r.status().as_u16(),
+            r.body_mut().read_json::<Value>().unwrap(),
+        )
+    };
+    assert_eq!(status, 200);
+    let names: Vec<&str> = chain["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["instance"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["consent", "erasure", "media", "spam"]);
+    assert_eq!(chain["plugins"][0]["component"], "consent");
+    let (status, answer) = service.admin(
+        "plugins/consent/commands/consent-status",
+        json!({"user": "@alice:localhost"}),
+    );
+    assert_eq!(status, 200, "{answer}");
+    let ids: Vec<u64> = deactivated["outbox"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect();
+    let (status, _) = service.admin("outbox/ack", json!({ "ids": ids }));
+    assert_eq!(status, 200);
+    let (status, claimed) = service.admin("outbox/claim", json!({"limit": 10}));
+    assert_eq!(status, 200);
+    assert_eq!(
+        claimed["actions"],
+        json!([]),
+        "acknowledged actions are gone"
+    );
+
+    let (status, metrics) = get(&agent(), &service.url("/metrics"));
+    assert_eq!(status, 200);
+    assert!(metrics.contains("mxpolicy_generation 1"), "{metrics}");
+    assert!(service.stop().success());
+}
+
+#[test]
+fn bad_requests_get_400_401_404_or_413_naming_what_is_wrong() {
+    let dir = TempDir::new("serve-bad");
+    let service = Service::start(&init(&dir.0, free_port()));
+    let a = agent();
+    let on_send = service.url("/_mxpolicy/v1/hooks/on-send");
+    let good = json!({"context": send("@alice:localhost", "hi")}).to_string();
+
+    let (status, body) = post(&a, &on_send, None, &good);
+    assert_eq!(
+        (status, body["errcode"].as_str()),
+        (401, Some("M_MISSING_TOKEN"))
+    );
+    let (status, body) = post(&a, &on_send, Some("not-the-secret"), &good);
+    assert_eq!(
+        (status, body["errcode"].as_str()),
+        (401, Some("M_UNKNOWN_TOKEN"))
+    );
+    let (status, _) = post(
+        &a,
+        &service.url("/_mxpolicy/v1/admin/plugins/consent/commands/consent-status"),
+        None,
+        "{}",
+    );
+    assert_eq!(status, 401, "admin needs the secret too");
+
+    let secret = Some(service.secret.as_str());
+    let mut bad_sender = send("@alice:localhost", "hi");
+    bad_sender["sender"] = json!("alice");
+    let cases = [
+        (json!({"context": bad_sender}).to_string(), "context.sender"),
+        (json!({"context": {"sender": "@a:localhost"}}).to_string(), "context"),
+        (
+            json!({"context": send("@a:localhost", "x"), "extra": 1}).to_string(),
+            "",
+        ),
+        (
+            json!({"context": send("@a:localhost", "x"), "facts": {"rooms_of_user": {"nobody": []}}})
+                .to_string(),
+            "facts.rooms_of_user",
+        ),
+        ("{not json".to_owned(), ""),
+        ("[".repeat(10_000), ""),
+    ];
+    for (body, field) in cases {
+        let (status, answer) = post(&a, &on_send, secret, &body);
+        assert_eq!(status, 400, "{answer}");
+        assert_eq!(answer["errcode"], "M_BAD_JSON", "{answer}");
+        assert!(
+            answer["field"]
+                .as_str()
+                .unwrap_or_default()
+                .starts_with(field),
+            "field of {}: {answer}",
+            &body[..body.len().min(80)]
+        );
+    }
+
+    let (status, answer) = post(
+        &a,
+        &service.url("/_mxpolicy/v1/hooks/on-nothing"),
+        secret,
+        &good,
+    );
+    assert_eq!(
+        (status, answer["errcode"].as_str()),
+        (404, Some("M_NOT_FOUND"))
+    );
+    let (status, _) = post(
+        &a,
+        &service.url("/_mxpolicy/v1/admin/plugins/nobody/commands/x"),
+        secret,
+        "{}",
+    );
+    assert_eq!(status, 404);
+    let (status, _) = get(&a, &service.url("/_mxpolicy/nobody/"));
+    assert_eq!(status, 404);
+
+    let big = format!("{{\"context\": \"{}\"}}", "x".repeat(2 << 20));
+    let (status, answer) = post(&a, &on_send, secret, &big);
+    assert_eq!(
+        (status, answer["errcode"].as_str()),
+        (413, Some("M_TOO_LARGE"))
+    );
+    let form = "u=".to_owned() + &"x".repeat(100 << 10);
+    let mut response = a
+        .post(&service.url("/_mxpolicy/consent/"))
+        .send(form.as_str())
+        .unwrap();
+    assert_eq!(
+        response.status().as_u16(),
+        413,
+        "web bodies are capped at 64 KiB"
+    );
+    let _ = response.body_mut().read_to_string();
+
+    // Still serving after all of it.
+    let (status, _) = post(&a, &on_send, secret, &good);
+    assert_eq!(status, 200);
+    assert!(service.stop().success());
+}
+
+#[test]
+fn an_edited_set_is_applied_while_a_client_keeps_sending_and_no_request_fails() {
+    let dir = TempDir::new("serve-swap");
+    let set = init(&dir.0, free_port());
+    let service = Arc::new(Service::start(&set));
+    let (status, _) = service.admin(
+        "plugins/consent/commands/record-consent",
+        json!({"user": "@alice:localhost", "version": "1.0"}),
+    );
+    assert_eq!(status, 200);
+    let stop = Arc::new(AtomicBool::new(false));
+    let denied_after = Arc::new(AtomicU64::new(0));
+    let client = {
+        let (service, stop, denied_after) = (service.clone(), stop.clone(), denied_after.clone());
+        std::thread::spawn(move || {
+            let a = agent();
+            let url = service.url("/_mxpolicy/v1/hooks/on-send");
+            let body = json!({"context": send("@alice:localhost", "free tacos")}).to_string();
+            let (mut sent, mut denied) = (0u64, false);
+            while !stop.load(Ordering::Relaxed) {
+                let (status, answer) = post(&a, &url, Some(&service.secret), &body);
+                assert_eq!(status, 200, "request {sent} failed: {answer}");
+                assert_eq!(answer["failures"], json!([]), "{answer}");
+                let now_denied = verdict(&answer).0 == "deny";
+                assert!(
+                    !(denied && !now_denied),
+                    "after the swap, the new set decides every time"
+                );
+                if now_denied && !denied {
+                    denied_after.store(sent, Ordering::Relaxed);
+                }
+                denied |= now_denied;
+                sent += 1;
+            }
+            (sent, denied)
+        })
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    // The operator's edit, written to a temporary file and renamed into place.
+    let text = std::fs::read_to_string(&set)
+        .unwrap()
+        .replace("\"buy now\", \"free crypto\"", "\"free tacos\"");
+    let tmp = dir.0.join(".policy-set.toml.tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, &set).unwrap();
+    let start = Instant::now();
+    while denied_after.load(Ordering::Relaxed) == 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the edit was never applied"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    let (sent, denied) = client.join().unwrap();
+    assert!(denied && sent > denied_after.load(Ordering::Relaxed));
+    let (status, chain) = {
+        let mut r = agent()
+            .get(&service.url("/_mxpolicy/v1/admin/chain"))
+            .header("authorization", &format!("Bearer {}", service.secret))
+            .call()
+            .unwrap();
+        (
+            r.status().as_u16(),
+            r.body_mut().read_json::<Value>().unwrap(),
+        )
+    };
+    assert_eq!((status, chain["generation"].as_u64()), (200, Some(2)));
+    // Rollback through the admin API brings the old keywords back.
+    let (status, _) = service.admin("rollback", json!({}));
+    assert_eq!(status, 200);
+    let allowed = service.hook("on-send", send("@alice:localhost", "free tacos"));
+    assert_eq!(verdict(&allowed).0, "allow", "{allowed}");
+    eprintln!(
+        "{sent} requests, none failed; denied from request {}",
+        denied_after.load(Ordering::Relaxed)
+    );
+}
+
+/// A set whose `slow` instance spins until its 1.5 s deadline on every send (failing open),
+/// so requests stay in flight long enough to be caught by a SIGTERM.
+fn slow_set(dir: &Path, port: u16) -> PathBuf {
+    let set = init(dir, port);
+    std::fs::copy(
+        target_dir().join("plugins/scripted-a.wasm"),
+        dir.join("slow.wasm"),
+    )
+    .unwrap();
+    let mut text = std::fs::read_to_string(&set).unwrap();
+    text.push_str(
+        "\n[[plugin]]\ninstance = \"slow\"\npath = \"slow.wasm\"\ndeadline_ms = 1500\n\
+         failure = { on-send = \"open\" }\n\
+         config = { misbehave = { hook = \"on-send\", how = \"loop\" } }\n",
+    );
+    std::fs::write(&set, text).unwrap();
+    set
+}
+
+#[test]
+fn sigterm_answers_every_request_in_flight_then_exits_cleanly() {
+    let dir = TempDir::new("serve-term");
+    let service = Service::start(&slow_set(&dir.0, free_port()));
+    service.admin(
+        "plugins/consent/commands/record-consent",
+        json!({"user": "@alice:localhost", "version": "1.0"}),
+    );
+    let url = service.url("/_mxpolicy/v1/hooks/on-send");
+    let body = json!({"context": send("@alice:localhost", "hello")}).to_string();
+    let requests: Vec<_> = (0..6)
+        .map(|_| {
+            let (url, body, secret) = (url.clone(), body.clone(), service.secret.clone());
+            std::thread::spawn(move || post(&agent(), &url, Some(&secret), &body))
+        })
+        .collect();
+    // Every request is inside its 1.5 s plugin call when the signal arrives.
+    std::thread::sleep(Duration::from_millis(500));
+    let status = service.stop();
+    assert!(status.success(), "{status:?}");
+    for r in requests {
+        let (status, answer) = r.join().unwrap();
+        assert_eq!(status, 200, "{answer}");
+        assert_eq!(verdict(&answer).0, "allow", "failing open: {answer}");
+        assert_eq!(
+            answer["failures"][0]["cause"]["kind"], "timeout",
+            "{answer}"
+        );
+    }
+}
+
+#[test]
+fn a_restart_keeps_consents_and_erasures_and_fires_the_timers_due_meanwhile() {
+    let dir = TempDir::new("serve-restart");
+    let port = free_port();
+    let set = init(&dir.0, port);
+    // A 2 s grace period, so the erasure's final step falls due while the service is down.
+    let text = std::fs::read_to_string(&set).unwrap().replace(
+        "[[plugin]]\ninstance = \"erasure\"\npath = ",
+        "[[plugin]]\ninstance = \"erasure\"\nconfig = { grace_period_ms = 2000 }\npath = ",
+    );
+    std::fs::write(&set, text).unwrap();
+    let first = Service::start(&set);
+    first.admin(
+        "plugins/consent/commands/record-consent",
+        json!({"user": "@bob:localhost", "version": "1.0"}),
+    );
+    let deactivated = first.hook(
+        "on-deactivate",
+        json!({"user": "@alice:localhost", "erase": true}),
+    );
+    assert_eq!(verdict(&deactivated).0, "allow", "{deactivated}");
+    assert!(first.stop().success());
+    std::thread::sleep(Duration::from_millis(2500));
+
+    let second = Service::start(&set);
+    let allowed = second.hook("on-send", send("@bob:localhost", "still here"));
+    assert_eq!(
+        verdict(&allowed).0,
+        "allow",
+        "bob's consent survived: {allowed}"
+    );
+    // The scheduler fires the due timer within a pass or two; its actions wait in the outbox.
+    let start = Instant::now();
+    let announced = loop {
+        let (status, claimed) = second.admin("outbox/claim", json!({"limit": 100}));
+        assert_eq!(status, 200);
+        let found = claimed["actions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["action"]["kind"] == "announce-erasure")
+            .cloned();
+        if let Some(found) = found {
+            break found;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the timer never fired: {claimed}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(announced["plugin"], "erasure");
+    assert_eq!(
+        announced["action"]["user"], "@alice:localhost",
+        "{announced}"
+    );
+    // Alice's erasure is final: a later viewer gets her events redacted.
+    let served = second.hook(
+        "on-client-serve",
+        json!({"viewer": {"user": "@carol:localhost"}, "events": [{
+            "event": {"event_id": "$e", "type": "m.room.message", "sender": "@alice:localhost",
+                      "room_id": "!room:localhost", "origin_server_ts": 1, "content": {"body": "hi"}},
+            "room_version": "11", "viewer_joined": false
+        }]}),
+    );
+    assert_eq!(served["outcome"][0]["verdict"], "redact", "{served}");
+    assert!(second.stop().success());
+}
+
+#[test]
+fn the_sample_sets_printed_curl_commands_work_as_printed() {
+    let dir = TempDir::new("serve-sample");
+    let service = Service::start(&init(&dir.0, free_port()));
+    let banner = service.banner.clone();
+    let consent = banner
+        .lines()
+        .find_map(|l| l.strip_prefix("Consent page: "))
+        .unwrap_or_else(|| panic!("{banner}"))
+        .to_owned();
+    let curls: Vec<&str> = banner
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with("curl "))
+        .collect();
+    assert_eq!(curls.len(), 2, "{banner}");
+    let run = |command: &str| -> Value {
+        let out = Command::new("sh").args(["-c", command]).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{command}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let before = run(curls[0]);
+    assert_eq!(
+        verdict(&before),
+        ("deny", "M_CONSENT_NOT_GIVEN"),
+        "{before}"
+    );
+    accept_consent(&service, &consent);
+    let after = run(curls[1]);
+    assert_eq!(verdict(&after).0, "allow", "{after}");
+    assert!(service.stop().success());
+}
