@@ -92,9 +92,21 @@ impl ServiceConfig {
             ));
         }
         let ranges: [(&str, u64, std::ops::RangeInclusive<u64>); 4] = [
-            ("max_body_bytes", config.max_body_bytes as u64, 1024..=(64 << 20)),
-            ("max_web_body_bytes", config.max_web_body_bytes as u64, 1024..=(16 << 20)),
-            ("timer_interval_ms", config.timer_interval_ms, 10..=3_600_000),
+            (
+                "max_body_bytes",
+                config.max_body_bytes as u64,
+                1024..=(64 << 20),
+            ),
+            (
+                "max_web_body_bytes",
+                config.max_web_body_bytes as u64,
+                1024..=(16 << 20),
+            ),
+            (
+                "timer_interval_ms",
+                config.timer_interval_ms,
+                10..=3_600_000,
+            ),
             ("watch_debounce_ms", config.watch_debounce_ms, 10..=60_000),
         ];
         for (key, value, range) in ranges {
@@ -119,8 +131,12 @@ impl ServiceConfig {
     /// The API secret, read from its file (relative to the set's directory).
     pub fn api_secret(&self, set_dir: &Path) -> Result<Vec<u8>, String> {
         let path = set_dir.join(&self.api_secret_file);
-        let text = mxpolicy_host::read_bounded_to_string(&path, 4096)
-            .map_err(|e| format!("`service.api_secret_file`: cannot read {}: {e}", path.display()))?;
+        let text = mxpolicy_host::read_bounded_to_string(&path, 4096).map_err(|e| {
+            format!(
+                "`service.api_secret_file`: cannot read {}: {e}",
+                path.display()
+            )
+        })?;
         let secret = text.trim().as_bytes().to_vec();
         if secret.len() < MIN_SECRET_BYTES {
             return Err(format!(
@@ -135,13 +151,61 @@ impl ServiceConfig {
 
     /// Threads for hook calls: the configured number, else 2 per CPU.
     pub fn blocking_threads(&self) -> usize {
-        self.blocking_threads.unwrap_or_else(|| {
-            std::thread::available_parallelism().map_or(2, |n| n.get() * 2)
-        })
+        self.blocking_threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get() * 2))
     }
 
     /// The scheduler's period.
     pub fn timer_interval(&self) -> Duration {
         Duration::from_millis(self.timer_interval_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(service: &str) -> PolicySet {
+        let dir = std::env::temp_dir().join(format!("mxpolicy-svc-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let file = dir.join(format!("{}.toml", service.len()));
+        std::fs::write(&file, format!("[service]\n{service}\n")).expect("write");
+        PolicySet::from_file(&file).expect("set")
+    }
+
+    #[test]
+    fn errors_name_the_key_and_loopback_is_the_default() {
+        let ok = ServiceConfig::from_set(&set(
+            "server_name = \"hs.example\"\napi_secret_file = \"s\"",
+        ))
+        .expect("valid");
+        assert!(ok.listen.ip().is_loopback());
+        let cases = [
+            (
+                "server_name = \"hs.example\"\napi_secret_file = \"s\"\nlisten = \"0.0.0.0:80\"",
+                "service.listen",
+            ),
+            (
+                "server_name = \"hs.example\"\napi_secret_file = \"s\"\nport = 1",
+                "port",
+            ),
+            (
+                "server_name = \"not a name\"\napi_secret_file = \"s\"",
+                "service.server_name",
+            ),
+            (
+                "server_name = \"hs.example\"\napi_secret_file = \"s\"\nmax_body_bytes = 1",
+                "service.max_body_bytes",
+            ),
+            ("api_secret_file = \"s\"", "server_name"),
+        ];
+        for (text, key) in cases {
+            let err = ServiceConfig::from_set(&set(text)).expect_err(text);
+            assert!(err.contains(key), "{text}: {err}");
+        }
+        let public = ServiceConfig::from_set(&set(
+            "server_name = \"hs.example\"\napi_secret_file = \"s\"\nlisten = \"0.0.0.0:80\"\npublic = true",
+        ));
+        assert!(public.is_ok());
     }
 }

@@ -126,7 +126,9 @@ impl Homeserver for ServiceHomeserver {
     }
 
     fn ever_joined_members(&self, room: &RoomId) -> Vec<OwnedUserId> {
-        answer("ever_joined_members", room, |f| f.ever_joined_members.get(room))
+        answer("ever_joined_members", room, |f| {
+            f.ever_joined_members.get(room)
+        })
     }
 }
 

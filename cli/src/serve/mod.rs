@@ -64,6 +64,12 @@ pub fn run_until(
             .build()
             .map_err(|e| e.to_string())?,
     );
+    if set.plugins.iter().any(|p| p.instance == "v1") {
+        return Err(format!(
+            "{}: the instance name `v1` is reserved in service mode (the API's prefix)",
+            set.file.display()
+        ));
+    }
     let applied = host.apply(&set).map_err(|problems| {
         let lines: Vec<String> = problems.iter().map(|p| format!("  {p}")).collect();
         format!("the policy set was refused:\n{}", lines.join("\n"))
@@ -93,7 +99,11 @@ pub fn run_until(
         let addr = listener
             .local_addr()
             .map_err(|e| format!("cannot read the bound address: {e}"))?;
-        let names: Vec<&str> = applied.plugins.iter().map(|p| p.instance.as_str()).collect();
+        let names: Vec<&str> = applied
+            .plugins
+            .iter()
+            .map(|p| p.instance.as_str())
+            .collect();
         let _ = writeln!(
             ready,
             "mxpolicy serve: listening on http://{addr} (generation {}: {})",

@@ -99,10 +99,16 @@ async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
 }
 
 /// Run `call` on the blocking pool.
-async fn blocking<R: Send + 'static>(call: impl FnOnce() -> R + Send + 'static) -> Result<R, ApiError> {
+async fn blocking<R: Send + 'static>(
+    call: impl FnOnce() -> R + Send + 'static,
+) -> Result<R, ApiError> {
     tokio::task::spawn_blocking(call).await.map_err(|e| {
         tracing::error!("a hook call panicked: {e}");
-        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "M_UNKNOWN", "internal error")
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "M_UNKNOWN",
+            "internal error",
+        )
     })
 }
 
@@ -167,7 +173,10 @@ async fn hook(
         "on-media-upload" => decide(s, &body, |h, u: MediaUpload| Ok(h.on_media_upload(&u))).await,
         "on-media-fetch" => decide(s, &body, |h, f: MediaFetch| Ok(h.on_media_fetch(&f))).await,
         "on-client-serve" => {
-            decide(s, &body, |h, c: ServeContext| h.on_client_serve(&c.viewer, c.events)).await
+            decide(s, &body, |h, c: ServeContext| {
+                h.on_client_serve(&c.viewer, c.events)
+            })
+            .await
         }
         "on-federation-serve" => {
             decide(s, &body, |h, c: ServeContext| {
@@ -186,10 +195,7 @@ async fn hook(
 
 /// At most 64 printable characters of something a client sent, for an error message.
 fn mxpolicy_host_sanitize(text: &str) -> String {
-    text.chars()
-        .filter(|c| !c.is_control())
-        .take(64)
-        .collect()
+    text.chars().filter(|c| !c.is_control()).take(64).collect()
 }
 
 #[derive(Serialize)]
