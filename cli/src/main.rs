@@ -1,8 +1,9 @@
 //! `mxpolicy`: replay scenarios against real compiled policy plugins, and check plugins.
 //!
 //! - `mxpolicy replay FILE...` runs scenario files (see `cli/README.md`) through the real host
-//!   with a simulated homeserver in front, prints one JSON line per step on stdout and a
-//!   readable diff of every failed expectation on stderr.
+//!   with a simulated homeserver in front, prints the steps on stdout (a table on a terminal,
+//!   one JSON line per step otherwise) and a readable diff of every failed expectation on
+//!   stderr.
 //!   `mxpolicy replay --list-ops` prints the ops a step can use.
 //! - `mxpolicy check PLUGIN... [--config FILE]` loads plugins and describes them.
 //! - `mxpolicy serve --config FILE` runs a policy set as an HTTP service (see `serve`).
@@ -15,7 +16,7 @@
 use std::{io::Write, path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
-use mxpolicy::{check, export, replay, scenario};
+use mxpolicy::{check, export, replay, replay::term, scenario};
 
 /// Replay policy scenarios against real plugins, and inspect plugins.
 #[derive(Debug, Parser)]
@@ -29,16 +30,24 @@ struct Cli {
 enum Command {
     /// Run scenario files through the real host and plugins with a simulated homeserver.
     ///
-    /// Prints one JSON line per step on stdout (what the policies decided, which actions ran),
-    /// and on stderr a diff for every expectation that does not hold. Exit status: 0 when every
-    /// expectation holds, 1 when one fails, 2 for bad input.
+    /// Prints the steps on stdout (what the policies decided, which actions ran): a table when
+    /// stdout is a terminal, one JSON line per step otherwise or with `--json`; and on stderr a
+    /// diff for every expectation that does not hold. Exit status: 0 when every expectation
+    /// holds, 1 when one fails, 2 for bad input.
     Replay {
         /// Scenario files (JSON; regular files of at most 64 MiB).
         #[arg(required_unless_present = "list_ops")]
         files: Vec<PathBuf>,
-        /// Do not print the JSON lines, only failures and the summary.
+        /// Do not print the steps (JSON lines or table), only failures and the summary.
         #[arg(short, long)]
         quiet: bool,
+        /// How the steps are printed: `table` (for people), `json` (one JSON line per step), or
+        /// `auto`: a table when stdout is a terminal, JSON lines otherwise.
+        #[arg(long, value_enum, default_value_t = replay::Format::Auto)]
+        format: replay::Format,
+        /// Print JSON lines even on a terminal (`--format json`).
+        #[arg(long, conflicts_with = "format")]
+        json: bool,
         /// Print the ops a scenario step can use, one per line, and exit.
         #[arg(long, exclusive = true)]
         list_ops: bool,
@@ -61,8 +70,13 @@ enum Command {
         /// The configuration to validate, as JSON text.
         #[arg(long, value_name = "JSON")]
         config_json: Option<String>,
-        /// Print one JSON object per plugin.
-        #[arg(long)]
+        /// How the plugins are described: `table` (one row each), `long` (everything, a block
+        /// each), `json` (one JSON object per line), or `auto`: a table when stdout is a
+        /// terminal, the long form otherwise.
+        #[arg(long, value_enum, default_value_t = check::Format::Auto)]
+        format: check::Format,
+        /// Print one JSON object per plugin (`--format json`).
+        #[arg(long, conflicts_with = "format")]
         json: bool,
     },
     /// Run a policy set as an HTTP service: hook, web, admin, metrics and health endpoints,
@@ -168,20 +182,46 @@ run it with: mxpolicy serve --config {}",
                 .try_for_each(|op| writeln!(out, "{op}"));
             if listed.is_ok() { 0 } else { 2 }
         }
-        Command::Replay { files, quiet, .. } => {
+        Command::Replay {
+            files,
+            quiet,
+            format,
+            json,
+            ..
+        } => {
+            let format = if json { replay::Format::Json } else { format };
+            let term = term::Terminal::detect();
+            let view = ReplayView {
+                quiet,
+                format: format.resolve(term.stdout),
+                color: term.stdout_color,
+                color_err: term.stderr_color,
+            };
+            // The progress line takes its own handle on stderr (the lock is reentrant).
+            let mut progress = std::io::stderr();
+            let progress = term.stderr.then_some(&mut progress as &mut dyn Write);
             let mut out = stdout.lock();
             let mut err = stderr.lock();
-            replay_files(&files, quiet, &mut out, &mut err)
+            replay_files(&files, view, progress, &mut out, &mut err)
         }
         Command::Check {
             plugins,
             config,
             config_json,
+            format,
             json,
         } => {
+            let format = if json { check::Format::Json } else { format };
+            let term = term::Terminal::detect();
+            let mut progress = std::io::stderr();
+            let options = check::Options {
+                format: format.resolve(term.stdout),
+                color: term.stdout_color,
+                progress: term.stderr.then_some(&mut progress as &mut dyn Write),
+            };
             let mut err = stderr.lock();
             match config_arg(config, config_json) {
-                Ok(config) => check::run(&plugins, &config, json, &mut stdout.lock(), &mut err),
+                Ok(config) => check::run(&plugins, &config, options, &mut stdout.lock(), &mut err),
                 Err(e) => {
                     let _ = writeln!(err, "error: {e}");
                     2
@@ -227,21 +267,73 @@ fn config_arg(file: Option<PathBuf>, text: Option<String>) -> Result<check::Conf
     }
 }
 
-fn replay_files(files: &[PathBuf], quiet: bool, out: &mut dyn Write, err: &mut dyn Write) -> i32 {
+/// How `replay` prints.
+#[derive(Clone, Copy)]
+struct ReplayView {
+    /// No steps on stdout.
+    quiet: bool,
+    /// `Table` or `Json` (resolved).
+    format: replay::Format,
+    /// Colours in the table (stdout).
+    color: bool,
+    /// Colours in the `PASS`/`FAIL` summary (stderr).
+    color_err: bool,
+}
+
+fn replay_files(
+    files: &[PathBuf],
+    view: ReplayView,
+    mut progress: Option<&mut dyn Write>,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> i32 {
+    use term::{Tone, paint};
+    let table = !view.quiet && view.format == replay::Format::Table;
     let mut status = 0;
-    for file in files {
+    for (n, file) in files.iter().enumerate() {
+        // With the table, the failure diffs wait until the table is printed: table, diffs,
+        // then the summary line, in that order.
+        let mut diffs = Vec::new();
+        let mut rows = replay::table::FileTable::default();
         let mut output = replay::Output {
-            lines: if quiet { None } else { Some(&mut *out) },
-            human: &mut *err,
+            lines: if view.quiet || table {
+                None
+            } else {
+                Some(&mut *out)
+            },
+            human: if table {
+                &mut diffs as &mut dyn Write
+            } else {
+                &mut *err
+            },
         };
-        match replay::run_file(file, &mut output) {
+        let extra = replay::Interactive {
+            table: table.then_some(&mut rows),
+            progress: progress.as_mut().map(|p| &mut **p as &mut dyn Write),
+        };
+        let result = replay::run_file_with(file, &mut output, extra);
+        if table && !rows.scenario.is_empty() {
+            let sep = if n > 0 { "\n" } else { "" };
+            let _ = write!(out, "{sep}{}", replay::table::render(&rows, view.color));
+            let _ = out.flush();
+        }
+        let _ = err.write_all(&diffs);
+        let mark = |word: &str, tone| paint(word, tone, view.color_err);
+        match result {
             Ok(result) if result.failed.is_empty() => {
-                let _ = writeln!(err, "PASS {} ({} steps)", file.display(), result.steps);
+                let _ = writeln!(
+                    err,
+                    "{} {} ({} steps)",
+                    mark("PASS", Tone::Good),
+                    file.display(),
+                    result.steps
+                );
             }
             Ok(result) => {
                 let _ = writeln!(
                     err,
-                    "FAIL {}: {} of {} steps failed: {}",
+                    "{} {}: {} of {} steps failed: {}",
+                    mark("FAIL", Tone::Bad),
                     file.display(),
                     result.failed.len(),
                     result.steps,

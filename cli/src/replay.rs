@@ -14,6 +14,8 @@ mod rooms;
 mod runner;
 mod serve;
 mod step;
+pub mod table;
+pub mod term;
 
 use std::{collections::BTreeMap, io::Write, path::Path, sync::Arc, time::Duration};
 
@@ -50,9 +52,51 @@ pub struct Output<'a> {
     pub human: &'a mut dyn Write,
 }
 
+/// What a run for people at a terminal adds to [`Output`]; the default adds nothing.
+#[derive(Default)]
+pub struct Interactive<'a> {
+    /// Receives the header and one row per step, for the readable table (`--format table`).
+    pub table: Option<&'a mut table::FileTable>,
+    /// Where the transient "compiling NAME (N/TOTAL)..." line goes while the plugins compile
+    /// (stderr, when it is a terminal).
+    pub progress: Option<&'a mut dyn Write>,
+}
+
+/// The format of `replay`'s steps on stdout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Format {
+    /// A table when stdout is a terminal, JSON lines otherwise.
+    #[default]
+    Auto,
+    /// The readable table.
+    Table,
+    /// One JSON line per step, with a header and a summary line per file.
+    Json,
+}
+
+impl Format {
+    /// What `Auto` means given whether stdout is a terminal: `Table` or `Json`.
+    pub fn resolve(self, stdout_is_terminal: bool) -> Format {
+        match self {
+            Format::Auto if stdout_is_terminal => Format::Table,
+            Format::Auto => Format::Json,
+            other => other,
+        }
+    }
+}
+
 /// Run one scenario file. `Err` is bad input (exit 2): unreadable or malformed file, unknown
 /// user, room or event, a plugin that cannot be found or loaded.
 pub fn run_file(path: &Path, out: &mut Output<'_>) -> anyhow::Result<FileResult> {
+    run_file_with(path, out, Interactive::default())
+}
+
+/// [`run_file`], also filling a table and showing the plugins' compilation as `extra` asks.
+pub fn run_file_with(
+    path: &Path,
+    out: &mut Output<'_>,
+    mut extra: Interactive<'_>,
+) -> anyhow::Result<FileResult> {
     let scenario = scenario::load(path)?;
     let dir = path
         .parent()
@@ -73,11 +117,34 @@ pub fn run_file(path: &Path, out: &mut Output<'_>) -> anyhow::Result<FileResult>
         loaded: BTreeMap::new(),
     };
     let mut plugins = Vec::new();
+    let mut progress = term::Progress::new(extra.progress.take());
+    let total = scenario.plugins.len();
     for (i, entry) in scenario.plugins.iter().enumerate() {
         let report = runner
-            .load(entry)
+            .load(entry, &mut |file| {
+                progress.show(&term::compiling(file, i + 1, total));
+            })
             .map_err(|e| anyhow::anyhow!("{}: plugins[{i}]: {e}", path.display()))?;
         plugins.push(report);
+    }
+    progress.clear();
+    if let Some(t) = extra.table.as_deref_mut() {
+        let field = |p: &serde_json::Value, k: &str| {
+            p.get(k)
+                .and_then(serde_json::Value::as_str)
+                .unwrap_or_default()
+                .to_owned()
+        };
+        *t = table::FileTable {
+            scenario: path.display().to_string(),
+            description: scenario.description.clone(),
+            server_name: scenario.server_name.to_string(),
+            plugins: plugins
+                .iter()
+                .map(|p| (field(p, "name"), field(p, "version")))
+                .collect(),
+            rows: Vec::new(),
+        };
     }
     if let Some(lines) = out.lines.as_deref_mut() {
         let mut header = json!({
@@ -112,6 +179,9 @@ pub fn run_file(path: &Path, out: &mut Output<'_>) -> anyhow::Result<FileResult>
             result.failed.push(label);
         }
         truncate_body(&mut report);
+        if let Some(t) = extra.table.as_deref_mut() {
+            t.rows.push(table::StepRow::new(i, step, &report));
+        }
         if let Some(lines) = out.lines.as_deref_mut() {
             let line = Line {
                 step: i,
@@ -167,6 +237,64 @@ mod tests {
             .map(|l| serde_json::from_str(l).unwrap())
             .collect();
         (lines, String::from_utf8(human).unwrap(), result)
+    }
+
+    #[test]
+    fn auto_is_a_table_on_a_terminal_only() {
+        assert_eq!(Format::Auto.resolve(true), Format::Table);
+        assert_eq!(Format::Auto.resolve(false), Format::Json);
+        assert_eq!(Format::Json.resolve(true), Format::Json);
+        assert_eq!(Format::Table.resolve(false), Format::Table);
+    }
+
+    #[test]
+    fn the_table_gets_the_same_steps_as_the_json_lines() {
+        let dir =
+            std::env::temp_dir().join(format!("mxpolicy-replay-table-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("s.json");
+        std::fs::write(
+            &path,
+            r#"{"description": "two steps", "steps": [
+              {"op": "register", "user": "@a:hs.example"},
+              {"op": "create_room", "room": "!r:hs.example", "creator": "@a:hs.example"},
+              {"op": "send", "room": "!r:hs.example", "sender": "@a:hs.example",
+               "note": "wrong", "expect": {"verdict": "deny"}}
+            ]}"#,
+        )
+        .unwrap();
+        let mut human = Vec::new();
+        let mut rows = table::FileTable::default();
+        let result = run_file_with(
+            &path,
+            &mut Output {
+                lines: None,
+                human: &mut human,
+            },
+            Interactive {
+                table: Some(&mut rows),
+                progress: None,
+            },
+        )
+        .unwrap();
+        std::fs::remove_dir_all(&dir).ok();
+        assert_eq!(result.steps, 3);
+        assert_eq!(rows.description.as_deref(), Some("two steps"));
+        assert_eq!(rows.server_name, "hs.example");
+        assert_eq!(rows.rows.len(), 3);
+        let send = &rows.rows[2];
+        assert_eq!(
+            (send.op, send.subject.as_str(), send.outcome.as_str()),
+            ("send", "@a:hs.example in !r:hs.example", "allow")
+        );
+        assert_eq!(
+            (send.actions, send.checked, send.ok),
+            (Some(0), true, false)
+        );
+        assert_eq!(send.note.as_deref(), Some("wrong"));
+        let text = table::render(&rows, false);
+        assert!(text.contains("  FAIL   wrong\n"), "{text}");
+        assert!(!text.contains('\x1b'), "{text}");
     }
 
     #[test]

@@ -30,7 +30,8 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// `mxpolicy init DIR --port P`: the sample set (consent, erasure, media, spam).
+/// `mxpolicy init DIR --port P`: the sample set (consent, erasure, media, spam), with test
+/// deadlines.
 fn init(dir: &Path, port: u16) -> PathBuf {
     let out = Command::new(binary())
         .args(["init", dir.to_str().unwrap(), "--port", &port.to_string()])
@@ -42,7 +43,14 @@ fn init(dir: &Path, port: u16) -> PathBuf {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    dir.join("policy-set.toml")
+    // The suite runs many tests at once on two cores: the sample's 10 ms production deadline
+    // would fail calls on scheduling noise (see `support::TEST_DEADLINE`).
+    let set = dir.join("policy-set.toml");
+    let text = std::fs::read_to_string(&set)
+        .unwrap()
+        .replace("[[plugin]]\n", "[[plugin]]\ndeadline_ms = 2000\n");
+    std::fs::write(&set, text).unwrap();
+    set
 }
 
 /// A running service; killed on drop if still running.
@@ -150,6 +158,43 @@ fn post(agent: &ureq::Agent, url: &str, auth: Option<&str>, body: &str) -> (u16,
         status,
         serde_json::from_str(&text).unwrap_or(Value::String(text)),
     )
+}
+
+/// POST a body of `len` bytes over a raw connection: the status and the body of the answer.
+fn oversized(service: &Service, path: &str, auth: Option<&str>, len: usize) -> (u16, String) {
+    use std::io::{Read, Write};
+    let addr = service.base.trim_start_matches("http://");
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    let auth = auth
+        .map(|t| format!("authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    write!(
+        stream,
+        "POST {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-length: {len}\r\n{auth}\
+         content-type: application/json\r\nconnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut writer = stream.try_clone().unwrap();
+    let body = std::thread::spawn(move || {
+        let chunk = vec![b'x'; 64 << 10];
+        let mut left = len;
+        while left > 0 {
+            let n = left.min(chunk.len());
+            if writer.write_all(&chunk[..n]).is_err() {
+                return;
+            }
+            left -= n;
+        }
+    });
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    let _ = body.join();
+    let status = answer
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no answer: {answer:?}"));
+    (status, answer)
 }
 
 fn get(agent: &ureq::Agent, url: &str) -> (u16, String) {
@@ -424,23 +469,13 @@ fn bad_requests_get_400_401_404_or_413_naming_what_is_wrong() {
     let (status, _) = get(&a, &service.url("/_mxpolicy/nobody/"));
     assert_eq!(status, 404);
 
-    let big = format!("{{\"context\": \"{}\"}}", "x".repeat(2 << 20));
-    let (status, answer) = post(&a, &on_send, secret, &big);
-    assert_eq!(
-        (status, answer["errcode"].as_str()),
-        (413, Some("M_TOO_LARGE"))
-    );
-    let form = "u=".to_owned() + &"x".repeat(100 << 10);
-    let mut response = a
-        .post(&service.url("/_mxpolicy/consent/"))
-        .send(form.as_str())
-        .unwrap();
-    assert_eq!(
-        response.status().as_u16(),
-        413,
-        "web bodies are capped at 64 KiB"
-    );
-    let _ = response.body_mut().read_to_string();
+    // Over the limit: the service answers 413 as soon as the limit is passed and closes the
+    // connection, so the body is written from another thread (the write may then fail).
+    let (status, answer) = oversized(&service, "/_mxpolicy/v1/hooks/on-send", secret, 2 << 20);
+    assert_eq!(status, 413, "{answer}");
+    assert!(answer.contains("M_TOO_LARGE"), "{answer}");
+    let (status, _) = oversized(&service, "/_mxpolicy/consent/", None, 100 << 10);
+    assert_eq!(status, 413, "web bodies are capped at 64 KiB");
 
     // Still serving after all of it.
     let (status, _) = post(&a, &on_send, secret, &good);
@@ -473,7 +508,7 @@ fn an_edited_set_is_applied_while_a_client_keeps_sending_and_no_request_fails() 
                 assert_eq!(answer["failures"], json!([]), "{answer}");
                 let now_denied = verdict(&answer).0 == "deny";
                 assert!(
-                    !(denied && !now_denied),
+                    now_denied || !denied,
                     "after the swap, the new set decides every time"
                 );
                 if now_denied && !denied {
@@ -585,8 +620,8 @@ fn a_restart_keeps_consents_and_erasures_and_fires_the_timers_due_meanwhile() {
     let set = init(&dir.0, port);
     // A 2 s grace period, so the erasure's final step falls due while the service is down.
     let text = std::fs::read_to_string(&set).unwrap().replace(
-        "[[plugin]]\ninstance = \"erasure\"\npath = ",
-        "[[plugin]]\ninstance = \"erasure\"\nconfig = { grace_period_ms = 2000 }\npath = ",
+        "instance = \"erasure\"\n",
+        "instance = \"erasure\"\nconfig = { grace_period_ms = 2000 }\n",
     );
     std::fs::write(&set, text).unwrap();
     let first = Service::start(&set);
@@ -681,5 +716,222 @@ fn the_sample_sets_printed_curl_commands_work_as_printed() {
     accept_consent(&service, &consent);
     let after = run(curls[1]);
     assert_eq!(verdict(&after).0, "allow", "{after}");
+    assert!(service.stop().success());
+}
+
+#[test]
+fn two_services_sharing_postgresql_fire_each_timer_exactly_once() {
+    let Some(url) = crate::stores::postgres_schema("serve") else {
+        return;
+    };
+    let dirs = [TempDir::new("serve-pg-a"), TempDir::new("serve-pg-b")];
+    let services: Vec<Service> = dirs
+        .iter()
+        .map(|dir| {
+            let set = init(&dir.0, free_port());
+            let text = std::fs::read_to_string(&set)
+                .unwrap()
+                .replace(
+                    "url = \"sqlite:state.db\"",
+                    &format!("url = {}", toml_string(&url)),
+                )
+                .replace("[service]\n", "[service]\ntimer_interval_ms = 50\n")
+                .replace(
+                    "instance = \"erasure\"\n",
+                    "instance = \"erasure\"\nconfig = { grace_period_ms = 1000 }\n",
+                );
+            std::fs::write(&set, text).unwrap();
+            Service::start(&set)
+        })
+        .collect();
+    let users = [
+        "@u1:localhost",
+        "@u2:localhost",
+        "@u3:localhost",
+        "@u4:localhost",
+    ];
+    for (i, user) in users.iter().enumerate() {
+        let d = services[i % 2].hook("on-deactivate", json!({"user": user, "erase": true}));
+        assert_eq!(verdict(&d).0, "allow", "{d}");
+    }
+    // Both schedulers poll every 50 ms; every timer falls due after 1 s.
+    let mut announced: Vec<String> = Vec::new();
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(4) {
+        for service in &services {
+            let (status, claimed) = service.admin("outbox/claim", json!({"limit": 100}));
+            assert_eq!(status, 200, "{claimed}");
+            for a in claimed["actions"].as_array().unwrap() {
+                if a["action"]["kind"] == "announce-erasure" {
+                    announced.push(a["action"]["user"].as_str().unwrap().to_owned());
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    announced.sort();
+    assert_eq!(
+        announced, users,
+        "each timer fired once, by one of the two services"
+    );
+    for service in services {
+        assert!(service.stop().success());
+    }
+}
+
+fn toml_string(text: &str) -> String {
+    format!("\"{}\"", text.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+/// Add `keys` (TOML lines) to the `[service]` section of `set`.
+fn with_service_keys(set: &Path, keys: &str) {
+    let text = std::fs::read_to_string(set)
+        .unwrap()
+        .replace("[service]\n", &format!("[service]\n{keys}\n"));
+    std::fs::write(set, text).unwrap();
+}
+
+/// A raw connection that sends `bytes` and reads what comes back until the service closes it
+/// (or 20 s pass): the answer and how long it took.
+fn raw(service: &Service, bytes: &[u8]) -> (String, Duration) {
+    use std::io::{Read, Write};
+    let mut stream =
+        std::net::TcpStream::connect(service.base.trim_start_matches("http://")).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let start = Instant::now();
+    stream.write_all(bytes).unwrap();
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    (
+        String::from_utf8_lossy(&answer).into_owned(),
+        start.elapsed(),
+    )
+}
+
+#[test]
+fn slow_idle_and_surplus_connections_are_cut_off() {
+    let dir = TempDir::new("serve-slow");
+    let set = init(&dir.0, free_port());
+    with_service_keys(
+        &set,
+        "header_timeout_s = 1\nbody_timeout_s = 1\nmax_connections = 4",
+    );
+    let service = Service::start(&set);
+    // Headers never finished: closed after the header timeout, without an answer.
+    let (answer, took) = raw(
+        &service,
+        b"POST /_mxpolicy/v1/hooks/on-send HTTP/1.1\r\nhost: x\r\n",
+    );
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    assert!(!answer.contains("200"), "{answer}");
+    // A body that never arrives: 408 after the body timeout.
+    let request = format!(
+        "POST /_mxpolicy/v1/hooks/on-send HTTP/1.1\r\nhost: x\r\nauthorization: bearer {}\r\n\
+         content-length: 100\r\n\r\n{{\"co",
+        service.secret
+    );
+    let (answer, took) = raw(&service, request.as_bytes());
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    // A declared length over the limit: 413 before any of the body is read.
+    let request =
+        "POST /_mxpolicy/consent/ HTTP/1.1\r\nhost: x\r\ncontent-length: 99999999999\r\n\r\nabc";
+    let (answer, _) = raw(&service, request.as_bytes());
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+
+    // A keep-alive connection left idle after its request is closed after the timeout too.
+    let (answer, took) = raw(&service, b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(
+        took < Duration::from_secs(10),
+        "idle keep-alive kept {took:?}"
+    );
+
+    // Four idle connections fill the cap: a fifth is closed at once, without an answer.
+    let idle: Vec<std::net::TcpStream> = (0..4)
+        .map(|_| std::net::TcpStream::connect(service.base.trim_start_matches("http://")).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let (answer, _) = raw(&service, b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n");
+    assert_eq!(answer, "", "over the cap");
+    // The idle ones are cut after the header timeout, and the service answers again.
+    std::thread::sleep(Duration::from_millis(1500));
+    let (status, _) = get(&agent(), &service.url("/health"));
+    assert_eq!(status, 200);
+    drop(idle);
+    assert!(service.stop().success());
+}
+
+#[test]
+fn error_answers_are_json_bounded_and_the_scheme_is_case_insensitive() {
+    let dir = TempDir::new("serve-errors");
+    let service = Service::start(&init(&dir.0, free_port()));
+    let a = agent();
+    // `bearer` in any case.
+    let (status, _) = post(
+        &a,
+        &service.url("/_mxpolicy/v1/hooks/on-send"),
+        Some(&service.secret),
+        &json!({"context": send("@alice:localhost", "hi")}).to_string(),
+    );
+    assert_eq!(status, 200);
+    let mut r = a
+        .post(&service.url("/_mxpolicy/v1/hooks/on-send"))
+        .header("authorization", &format!("BEARER {}", service.secret))
+        .send(
+            json!({"context": send("@alice:localhost", "hi")})
+                .to_string()
+                .as_str(),
+        )
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let _ = r.body_mut().read_to_string();
+    // 405 and an undecodable path segment are JSON too.
+    let mut r = a
+        .get(&service.url("/_mxpolicy/v1/hooks/on-send"))
+        .call()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 405);
+    let body: Value = r.body_mut().read_json().unwrap();
+    assert_eq!(body["errcode"], "M_UNRECOGNIZED");
+    let (answer, _) = raw(
+        &service,
+        b"GET /_mxpolicy/%FF/ HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+    );
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains("\"errcode\""), "{answer}");
+    // What a client sent is echoed short.
+    let long = "a".repeat(60_000);
+    let (status, body) = get(&a, &service.url(&format!("/_mxpolicy/{long}/")));
+    assert_eq!(status, 404);
+    assert!(body.len() < 1000, "{} bytes", body.len());
+    let mut bad = send("@alice:localhost", "hi");
+    bad["room_version"] = json!("9".repeat(5000));
+    let (status, body) = post(
+        &a,
+        &service.url("/_mxpolicy/v1/hooks/on-send"),
+        Some(&service.secret),
+        &json!({"context": bad}).to_string(),
+    );
+    assert_eq!(status, 400);
+    assert!(body.to_string().len() < 1200, "{body}");
+    // A serve batch over the cap is refused by field.
+    let event = json!({"event": {"event_id": "$e", "type": "m.room.message", "sender": "@b:localhost",
+        "room_id": "!r:localhost", "origin_server_ts": 1, "content": {}}, "room_version": "11"});
+    let events: Vec<Value> = (0..1001).map(|_| event.clone()).collect();
+    let (status, body) = post(
+        &a,
+        &service.url("/_mxpolicy/v1/hooks/on-client-serve"),
+        Some(&service.secret),
+        &json!({"context": {"viewer": "anonymous", "events": events}}).to_string(),
+    );
+    let shown: String = body.to_string().chars().take(300).collect();
+    assert_eq!(
+        (status, body["field"].as_str()),
+        (400, Some("context.events")),
+        "{shown}"
+    );
     assert!(service.stop().success());
 }

@@ -43,13 +43,19 @@ pub(super) fn spec_for(path: &Path, entry: &PluginEntry) -> PluginSpec {
 }
 
 impl Runner {
-    pub(super) fn load(&mut self, entry: &PluginEntry) -> Result<Value, String> {
+    /// Load a plugin of the scenario; `compiling` is told its file just before it compiles.
+    pub(super) fn load(
+        &mut self,
+        entry: &PluginEntry,
+        compiling: &mut dyn FnMut(&Path),
+    ) -> Result<Value, String> {
         let reference = entry
             .path
             .as_deref()
             .or(entry.name.as_deref())
             .ok_or("a plugin needs a `path` or a `name`")?;
         let path = locate::resolve(reference, &self.dir)?;
+        compiling(&path);
         // Host errors name the plugin (its file until it reports its name).
         let report = self
             .host

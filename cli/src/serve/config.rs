@@ -44,12 +44,33 @@ pub struct ServiceConfig {
     /// How often the scheduler fires due timers, in ms. Default 1000.
     #[serde(default = "default_timer_interval")]
     pub timer_interval_ms: u64,
-    /// Threads that run hook calls (synchronous wasm). Default: 2 per CPU.
+    /// Threads that run hook calls (synchronous wasm). Default: one per CPU, at least 2.
     #[serde(default)]
     pub blocking_threads: Option<usize>,
     /// Quiet period before a changed policy-set file is applied, in ms. Default 300.
     #[serde(default = "default_debounce")]
     pub watch_debounce_ms: u64,
+    /// Most connections open at once; more are closed as they are accepted. Default 512.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Longest wait for a request's headers, and for the next request on an idle connection,
+    /// in seconds (the connection is closed after). Default 10.
+    #[serde(default = "default_body_timeout")]
+    pub header_timeout_s: u64,
+    /// Longest wait for a request body, in seconds (408 after). Default 10.
+    #[serde(default = "default_body_timeout")]
+    pub body_timeout_s: u64,
+    /// Longest wait for requests in flight on SIGTERM, in seconds. Default 30.
+    #[serde(default = "default_grace")]
+    pub shutdown_grace_s: u64,
+    /// Web requests (the plugins' pages, no secret) run at once; more get 503 at once, so
+    /// unauthenticated traffic cannot take the threads hook calls need. Default: half the
+    /// hook threads, at least 1.
+    #[serde(default)]
+    pub max_web_requests: Option<usize>,
+    /// Most events in one serve request (`context.events`). Default 1000.
+    #[serde(default = "default_max_events")]
+    pub max_serve_events: usize,
     /// A user to show the way in with: printed at start with the consent page and two `curl`
     /// commands (what `mxpolicy init` writes for the sample set).
     #[serde(default)]
@@ -71,6 +92,18 @@ fn default_timer_interval() -> u64 {
 fn default_debounce() -> u64 {
     300
 }
+fn default_max_connections() -> usize {
+    512
+}
+fn default_body_timeout() -> u64 {
+    10
+}
+fn default_grace() -> u64 {
+    30
+}
+fn default_max_events() -> usize {
+    1000
+}
 
 impl ServiceConfig {
     /// The `[service]` section of `set`, checked. Errors name the file and the key.
@@ -91,7 +124,12 @@ impl ServiceConfig {
                 config.listen
             ));
         }
-        let ranges: [(&str, u64, std::ops::RangeInclusive<u64>); 4] = [
+        let ranges: [(&str, u64, std::ops::RangeInclusive<u64>); 9] = [
+            ("header_timeout_s", config.header_timeout_s, 1..=600),
+            ("max_connections", config.max_connections as u64, 1..=100_000),
+            ("body_timeout_s", config.body_timeout_s, 1..=600),
+            ("shutdown_grace_s", config.shutdown_grace_s, 0..=3600),
+            ("max_serve_events", config.max_serve_events as u64, 1..=100_000),
             (
                 "max_body_bytes",
                 config.max_body_bytes as u64,
@@ -118,12 +156,15 @@ impl ServiceConfig {
                 ));
             }
         }
-        if let Some(n) = config.blocking_threads
-            && !(1..=1024).contains(&n)
-        {
-            return Err(format!(
-                "{file}: `service.blocking_threads`: {n} is outside 1..=1024"
-            ));
+        for (key, value) in [
+            ("blocking_threads", config.blocking_threads),
+            ("max_web_requests", config.max_web_requests),
+        ] {
+            if let Some(n) = value
+                && !(1..=1024).contains(&n)
+            {
+                return Err(format!("{file}: `service.{key}`: {n} is outside 1..=1024"));
+            }
         }
         Ok(config)
     }
@@ -149,10 +190,19 @@ impl ServiceConfig {
         Ok(secret)
     }
 
-    /// Threads for hook calls: the configured number, else 2 per CPU.
+    /// Threads for hook calls: the configured number, else one per CPU and at least 2. Hook
+    /// calls are CPU-bound wasm with wall-clock deadlines: more threads than CPUs only make
+    /// each call slower, until calls miss their deadlines.
     pub fn blocking_threads(&self) -> usize {
-        self.blocking_threads
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get() * 2))
+        self.blocking_threads.unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(2, |n| n.get().max(2))
+        })
+    }
+
+    /// Web requests run at once: the configured number, else half the hook threads.
+    pub fn web_requests(&self) -> usize {
+        self.max_web_requests
+            .unwrap_or_else(|| (self.blocking_threads() / 2).max(1))
     }
 
     /// The scheduler's period.

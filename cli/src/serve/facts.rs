@@ -61,17 +61,27 @@ thread_local! {
 /// Run `f` (a hook call) with `facts` answering the plugins' questions; returns its result and
 /// the questions left unanswered, sorted, without duplicates.
 pub fn with<R>(facts: Facts, f: impl FnOnce() -> R) -> (R, Vec<Unanswered>) {
+    /// Clears the thread's facts even if the call panics, so the next call on this thread
+    /// (another request's, or a timer pass) never sees them.
+    struct Clear;
+    impl Drop for Clear {
+        fn drop(&mut self) {
+            CURRENT.with(|c| c.borrow_mut().take());
+        }
+    }
     CURRENT.with(|c| {
         *c.borrow_mut() = Some(Call {
             facts,
             unanswered: Vec::new(),
         })
     });
+    let clear = Clear;
     let result = f();
     let mut unanswered = CURRENT
         .with(|c| c.borrow_mut().take())
         .map(|call| call.unanswered)
         .unwrap_or_default();
+    drop(clear);
     unanswered.sort();
     unanswered.dedup();
     (result, unanswered)

@@ -10,6 +10,7 @@
 
 pub mod config;
 pub mod facts;
+pub mod listen;
 pub mod routes;
 pub mod wire;
 
@@ -89,6 +90,7 @@ pub fn run_until(
         watcher: watcher.clone(),
         secret_hash: Sha256::digest(&secret).into(),
         config: config.clone(),
+        web_permits: Arc::new(tokio::sync::Semaphore::new(config.web_requests())),
     });
     let served_host = host.clone();
     runtime.block_on(async move {
@@ -118,13 +120,16 @@ pub fn run_until(
         let (stop_tx, stop_rx) = watch::channel(false);
         let scheduler = tokio::spawn(scheduler(host.clone(), config.timer_interval(), stop_rx));
         let app = routes::router(state);
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(stop)
-            .await;
+        let limits = listen::Limits {
+            max_connections: config.max_connections,
+            header_timeout: Duration::from_secs(config.header_timeout_s),
+            grace: Duration::from_secs(config.shutdown_grace_s),
+        };
+        listen::serve(listener, app, limits, stop).await;
         tracing::info!("stopping: requests in flight were answered");
         let _ = stop_tx.send(true);
         let _ = scheduler.await;
-        served.map_err(|e| format!("the server failed: {e}"))
+        Ok::<(), String>(())
     })?;
     // The watcher's thread and the SIGHUP handler stop with it; the store closes with the
     // host (SQLite checkpoints its WAL on close).

@@ -36,9 +36,35 @@ pub struct AppState {
     pub secret_hash: [u8; 32],
     /// The service settings.
     pub config: ServiceConfig,
+    /// Permits for web requests (no secret): when none is free, 503 at once.
+    pub web_permits: Arc<tokio::sync::Semaphore>,
 }
 
 type Shared = State<Arc<AppState>>;
+
+/// axum's `Path`, answering a JSON 400 instead of axum's plain-text rejection (a path segment
+/// that is not UTF-8, say).
+pub struct Segments<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> axum::extract::FromRequestParts<S>
+    for Segments<T>
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, ApiError> {
+        match Path::<T>::from_request_parts(parts, state).await {
+            Ok(Path(value)) => Ok(Segments(value)),
+            Err(e) => Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "M_UNRECOGNIZED",
+                sanitize_long(&e.body_text()),
+            )),
+        }
+    }
+}
 
 /// The router.
 pub fn router(state: Arc<AppState>) -> Router {
@@ -58,6 +84,13 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/metrics", get(metrics))
         .route("/health", get(health))
         .fallback(|| async { ApiError::not_found("no such endpoint") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "M_UNRECOGNIZED",
+                "method not allowed on this endpoint",
+            )
+        })
         .with_state(state)
 }
 
@@ -66,7 +99,11 @@ impl AppState {
         let token = headers
             .get(axum::http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
+            .and_then(|v| {
+                // The scheme is case-insensitive (RFC 9110).
+                let (scheme, token) = v.trim_start().split_once(' ')?;
+                scheme.eq_ignore_ascii_case("bearer").then_some(token)
+            })
             .ok_or_else(|| {
                 ApiError::new(
                     StatusCode::UNAUTHORIZED,
@@ -87,15 +124,38 @@ impl AppState {
     }
 }
 
-/// Read at most `limit` bytes of `body`; 413 beyond.
-async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
-    axum::body::to_bytes(body, limit).await.map_err(|_| {
+/// Read at most `limit` bytes of `body` within the configured body timeout: 413 beyond the
+/// limit (at once when the declared length is over it), 408 when the client is too slow.
+async fn read_body(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+) -> Result<Bytes, ApiError> {
+    let too_large = || {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "M_TOO_LARGE",
             format!("the body is over the limit of {limit} bytes"),
         )
-    })
+    };
+    let declared = headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    let timeout = std::time::Duration::from_secs(state.config.body_timeout_s);
+    match tokio::time::timeout(timeout, axum::body::to_bytes(body, limit)).await {
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(_)) => Err(too_large()),
+        Err(_) => Err(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "M_UNKNOWN",
+            format!("the body did not arrive within {timeout:?}"),
+        )),
+    }
 }
 
 /// Run `call` on the blocking pool.
@@ -115,11 +175,22 @@ async fn blocking<R: Send + 'static>(
 /// A host error as an HTTP answer.
 fn host_error(e: Error) -> ApiError {
     match e {
-        Error::NoSuchPlugin(_) => ApiError::not_found(e.to_string()),
-        Error::BadInput { .. } => ApiError::bad_field("context", e.to_string()),
-        Error::AdminRefused { .. } => {
-            ApiError::new(StatusCode::BAD_REQUEST, "M_INVALID_PARAM", e.to_string())
+        Error::NoSuchPlugin(name) => ApiError::not_found(format!(
+            "no plugin instance `{}`",
+            sanitize(&name)
+        )),
+        Error::BadInput { message, .. } if message.contains("service.max_serve_events") => {
+            ApiError::bad_field("context.events", message)
         }
+        Error::BadInput { message, .. } if message.contains("service.max_serve_events") => {
+            ApiError::bad_field("context.events", message)
+        }
+        Error::BadInput { .. } => ApiError::bad_field("context", e.to_string()),
+        Error::AdminRefused { message, .. } => ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "M_INVALID_PARAM",
+            sanitize_long(&message),
+        ),
         other => ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "M_UNKNOWN",
@@ -159,12 +230,12 @@ where
 
 async fn hook(
     State(state): Shared,
-    Path(hook): Path<String>,
+    Segments(hook): Segments<String>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
     state.authorize(&headers)?;
-    let body = read_body(body, state.config.max_body_bytes).await?;
+    let body = read_body(&state, &headers, body, state.config.max_body_bytes).await?;
     let s = &state;
     match hook.as_str() {
         "on-send" => decide(s, &body, |h, e: SendEvent| Ok(h.on_send(&e))).await,
@@ -172,15 +243,24 @@ async fn hook(
         "on-reactivate" => decide(s, &body, |h, r: Reactivation| Ok(h.on_reactivate(&r))).await,
         "on-media-upload" => decide(s, &body, |h, u: MediaUpload| Ok(h.on_media_upload(&u))).await,
         "on-media-fetch" => decide(s, &body, |h, f: MediaFetch| Ok(h.on_media_fetch(&f))).await,
-        "on-client-serve" => {
-            decide(s, &body, |h, c: ServeContext| {
-                h.on_client_serve(&c.viewer, c.events)
-            })
-            .await
-        }
-        "on-federation-serve" => {
-            decide(s, &body, |h, c: ServeContext| {
-                h.on_federation_serve(&c.viewer, c.events)
+        "on-client-serve" | "on-federation-serve" => {
+            let max = state.config.max_serve_events;
+            let client = hook == "on-client-serve";
+            decide(s, &body, move |h, c: ServeContext| {
+                if c.events.len() > max {
+                    return Err(Error::BadInput {
+                        hook: mxpolicy_host::Hook::OnClientServe,
+                        message: format!(
+                            "{} events; at most {max} per request (service.max_serve_events)",
+                            c.events.len()
+                        ),
+                    });
+                }
+                if client {
+                    h.on_client_serve(&c.viewer, c.events)
+                } else {
+                    h.on_federation_serve(&c.viewer, c.events)
+                }
             })
             .await
         }
@@ -188,14 +268,19 @@ async fn hook(
             "no hook `{}`: the hook endpoints are on-send, on-deactivate, on-reactivate, \
              on-media-upload, on-media-fetch, on-client-serve and on-federation-serve (web \
              requests go to /_mxpolicy/<instance>/, admin commands to /_mxpolicy/v1/admin/)",
-            mxpolicy_host_sanitize(other)
+            sanitize(other)
         ))),
     }
 }
 
 /// At most 64 printable characters of something a client sent, for an error message.
-fn mxpolicy_host_sanitize(text: &str) -> String {
+fn sanitize(text: &str) -> String {
     text.chars().filter(|c| !c.is_control()).take(64).collect()
+}
+
+/// At most 512 printable characters (a plugin's own refusal message, a path error).
+fn sanitize_long(text: &str) -> String {
+    text.chars().filter(|c| !c.is_control()).take(512).collect()
 }
 
 #[derive(Serialize)]
@@ -265,12 +350,12 @@ async fn rollback(State(state): Shared, headers: HeaderMap) -> Result<Response, 
 
 async fn admin_command(
     State(state): Shared,
-    Path((instance, command)): Path<(String, String)>,
+    Segments((instance, command)): Segments<(String, String)>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
     state.authorize(&headers)?;
-    let body = read_body(body, state.config.max_body_bytes).await?;
+    let body = read_body(&state, &headers, body, state.config.max_body_bytes).await?;
     let args: Value = if body.is_empty() {
         json!({})
     } else {
@@ -294,7 +379,7 @@ fn default_claim() -> usize {
 
 async fn claim(State(state): Shared, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
     state.authorize(&headers)?;
-    let body = read_body(body, state.config.max_body_bytes).await?;
+    let body = read_body(&state, &headers, body, state.config.max_body_bytes).await?;
     let request: ClaimRequest = if body.is_empty() {
         ClaimRequest {
             limit: default_claim(),
@@ -320,7 +405,7 @@ struct AckRequest {
 
 async fn ack(State(state): Shared, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
     state.authorize(&headers)?;
-    let body = read_body(body, state.config.max_body_bytes).await?;
+    let body = read_body(&state, &headers, body, state.config.max_body_bytes).await?;
     let request: AckRequest = parse(&body)?;
     if request.ids.len() > 10_000 {
         return Err(ApiError::bad_field("ids", "at most 10000 ids per call"));
@@ -334,7 +419,7 @@ async fn ack(State(state): Shared, headers: HeaderMap, body: Body) -> Result<Res
 
 async fn web_root(
     state: Shared,
-    Path(instance): Path<String>,
+    Segments(instance): Segments<String>,
     method: Method,
     query: RawQuery,
     headers: HeaderMap,
@@ -345,7 +430,7 @@ async fn web_root(
 
 async fn web(
     state: Shared,
-    Path((instance, path)): Path<(String, String)>,
+    Segments((instance, path)): Segments<(String, String)>,
     method: Method,
     query: RawQuery,
     headers: HeaderMap,
@@ -365,7 +450,16 @@ async fn serve_web(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let body = read_body(body, state.config.max_web_body_bytes).await?;
+    // Pages are served by the same threads as hooks: a flood of them must not starve the
+    // homeserver's calls.
+    let Ok(_permit) = state.web_permits.clone().try_acquire_owned() else {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "M_LIMIT_EXCEEDED",
+            "too many page requests at once; try again",
+        ));
+    };
+    let body = read_body(&state, &headers, body, state.config.max_web_body_bytes).await?;
     let request = HttpRequest {
         method: method.as_str().to_owned(),
         path: format!("/{path}"),

@@ -100,7 +100,15 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(&self)).into_response()
+        (
+            self.status,
+            [(
+                axum::http::header::X_CONTENT_TYPE_OPTIONS,
+                axum::http::HeaderValue::from_static("nosniff"),
+            )],
+            Json(&self),
+        )
+            .into_response()
     }
 }
 
@@ -111,7 +119,10 @@ pub fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
         let path = e.path().to_string();
         let inner = e.into_inner();
         let field = if path == "." { String::new() } else { path };
-        ApiError::bad_field(field, inner.to_string())
+        // serde's messages quote what they could not parse: keep them short.
+        let message: String = inner.to_string().chars().take(512).collect();
+        let field: String = field.chars().take(256).collect();
+        ApiError::bad_field(field, message)
     })?;
     de.end()
         .map_err(|e| ApiError::bad_field("", format!("trailing data: {e}")))?;
