@@ -215,6 +215,19 @@ impl Service {
         body
     }
 
+    /// `GET /_mxpolicy/v1/admin/chain`.
+    fn chain(&self) -> (u16, Value) {
+        let mut r = agent()
+            .get(&self.url("/_mxpolicy/v1/admin/chain"))
+            .header("authorization", &format!("Bearer {}", self.secret))
+            .call()
+            .unwrap();
+        (
+            r.status().as_u16(),
+            r.body_mut().read_json::<Value>().unwrap(),
+        )
+    }
+
     fn admin(&self, path: &str, body: Value) -> (u16, Value) {
         post(
             &agent(),
@@ -344,17 +357,7 @@ fn every_hook_endpoint_and_the_consent_page_answer_over_http() {
     assert_eq!(verdict(&reactivated).0, "allow", "{reactivated}");
 
     // Admin: the chain, a plugin command, the outbox.
-    let (status, chain) = {
-        let mut r = agent()
-            .get(&service.url("/_mxpolicy/v1/admin/chain"))
-            .header("authorization", &format!("Bearer {}", service.secret))
-            .call()
-            .unwrap();
-        (
-            r.status().as_u16(),
-            r.body_mut().read_json::<Value>().unwrap(),
-        )
-    };
+    let (status, chain) = service.chain();
     assert_eq!(status, 200);
     let names: Vec<&str> = chain["plugins"]
         .as_array()
@@ -540,17 +543,7 @@ fn an_edited_set_is_applied_while_a_client_keeps_sending_and_no_request_fails() 
     stop.store(true, Ordering::Relaxed);
     let (sent, denied) = client.join().unwrap();
     assert!(denied && sent > denied_after.load(Ordering::Relaxed));
-    let (status, chain) = {
-        let mut r = agent()
-            .get(&service.url("/_mxpolicy/v1/admin/chain"))
-            .header("authorization", &format!("Bearer {}", service.secret))
-            .call()
-            .unwrap();
-        (
-            r.status().as_u16(),
-            r.body_mut().read_json::<Value>().unwrap(),
-        )
-    };
+    let (status, chain) = service.chain();
     assert_eq!((status, chain["generation"].as_u64()), (200, Some(2)));
     // Rollback through the admin API brings the old keywords back.
     let (status, _) = service.admin("rollback", json!({}));
