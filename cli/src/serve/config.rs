@@ -126,10 +126,18 @@ impl ServiceConfig {
         }
         let ranges: [(&str, u64, std::ops::RangeInclusive<u64>); 9] = [
             ("header_timeout_s", config.header_timeout_s, 1..=600),
-            ("max_connections", config.max_connections as u64, 1..=100_000),
+            (
+                "max_connections",
+                config.max_connections as u64,
+                1..=100_000,
+            ),
             ("body_timeout_s", config.body_timeout_s, 1..=600),
             ("shutdown_grace_s", config.shutdown_grace_s, 0..=3600),
-            ("max_serve_events", config.max_serve_events as u64, 1..=100_000),
+            (
+                "max_serve_events",
+                config.max_serve_events as u64,
+                1..=100_000,
+            ),
             (
                 "max_body_bytes",
                 config.max_body_bytes as u64,
@@ -194,9 +202,8 @@ impl ServiceConfig {
     /// calls are CPU-bound wasm with wall-clock deadlines: more threads than CPUs only make
     /// each call slower, until calls miss their deadlines.
     pub fn blocking_threads(&self) -> usize {
-        self.blocking_threads.unwrap_or_else(|| {
-            std::thread::available_parallelism().map_or(2, |n| n.get().max(2))
-        })
+        self.blocking_threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get().max(2)))
     }
 
     /// Web requests run at once: the configured number, else half the hook threads.

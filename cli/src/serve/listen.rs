@@ -91,8 +91,8 @@ pub async fn serve(
                     .timer(TokioTimer::new())
                     .header_read_timeout(header_timeout)
                     .keep_alive(true);
-                let connection = builder
-                    .serve_connection(TokioIo::new(stream), TowerToHyperService::new(app));
+                let connection =
+                    builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app));
                 let _ = watcher.watch(connection).await;
             }
             drop(permit);

@@ -175,10 +175,9 @@ async fn blocking<R: Send + 'static>(
 /// A host error as an HTTP answer.
 fn host_error(e: Error) -> ApiError {
     match e {
-        Error::NoSuchPlugin(name) => ApiError::not_found(format!(
-            "no plugin instance `{}`",
-            sanitize(&name)
-        )),
+        Error::NoSuchPlugin(name) => {
+            ApiError::not_found(format!("no plugin instance `{}`", sanitize(&name)))
+        }
         Error::BadInput { message, .. } if message.contains("service.max_serve_events") => {
             ApiError::bad_field("context.events", message)
         }
