@@ -928,3 +928,51 @@ fn error_answers_are_json_bounded_and_the_scheme_is_case_insensitive() {
     );
     assert!(service.stop().success());
 }
+
+#[test]
+fn the_readmes_first_command_starts_the_sample_service() {
+    let dir = TempDir::new("serve-readme");
+    let local = dir.0.join("local");
+    let port = free_port();
+    let mut child = Command::new("bash")
+        .arg(crate::support::repo().join("scripts/serve.sh"))
+        .env("MXPOLICY_PORT", port.to_string())
+        .env("MXPOLICY_LOCAL", &local)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut banner = String::new();
+    let mut curls = Vec::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        banner.push_str(&line);
+        banner.push('\n');
+        if line.trim_start().starts_with("curl ") {
+            curls.push(line.trim().to_owned());
+            if curls.len() == 2 {
+                break;
+            }
+        }
+    }
+    std::thread::spawn(move || for _ in lines {});
+    assert!(
+        banner.contains(&format!("listening on http://127.0.0.1:{port}")),
+        "{banner}"
+    );
+    let out = Command::new("sh").args(["-c", &curls[0]]).output().unwrap();
+    let answer: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        verdict(&answer),
+        ("deny", "M_CONSENT_NOT_GIVEN"),
+        "{answer}"
+    );
+    // `exec` made the script the service itself: SIGTERM stops it cleanly.
+    let pid = i32::try_from(child.id()).unwrap();
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    assert!(child.wait().unwrap().success());
+    assert!(local.join("policy-set.toml").is_file());
+}
