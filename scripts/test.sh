@@ -33,3 +33,11 @@ if [ -z "${MXPOLICY_TEST_POSTGRES:-}" ] && ls /usr/lib/postgresql/*/bin/pg_ctl >
 fi
 
 cargo test --workspace
+
+# A real Rust homeserver running the policies: Conduit with the host embedded (issue 14's
+# groundwork). MXPOLICY_SKIP_CONDUIT=1 skips it locally; CI always runs it.
+if [ "${MXPOLICY_SKIP_CONDUIT:-}" = 1 ] && [ "${CI:-}" != true ]; then
+    echo "skipped: Conduit end to end (MXPOLICY_SKIP_CONDUIT=1)"
+else
+    scripts/conduit.sh
+fi
