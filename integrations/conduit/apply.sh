@@ -18,7 +18,18 @@ set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
-vendor="${MXPOLICY_VENDOR:-$root/../shared/vendor}"
+# The vendored archives: $MXPOLICY_VENDOR, else ../shared/vendor beside this checkout, else
+# /work/shared/vendor (where this workplace keeps them for a checkout cloned elsewhere).
+vendor="${MXPOLICY_VENDOR:-}"
+if [[ -z "$vendor" ]]; then
+    for candidate in "$root/../shared/vendor" /work/shared/vendor; do
+        if [[ -f "$candidate/conduit-d058dab.tar.gz" ]]; then
+            vendor="$candidate"
+            break
+        fi
+    done
+    vendor="${vendor:-$root/../shared/vendor}"
+fi
 host="${MXPOLICY_HOST:-$root/host}"
 
 if [[ $# -ne 1 ]]; then
