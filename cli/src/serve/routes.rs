@@ -178,12 +178,6 @@ fn host_error(e: Error) -> ApiError {
         Error::NoSuchPlugin(name) => {
             ApiError::not_found(format!("no plugin instance `{}`", sanitize(&name)))
         }
-        Error::BadInput { message, .. } if message.contains("service.max_serve_events") => {
-            ApiError::bad_field("context.events", message)
-        }
-        Error::BadInput { message, .. } if message.contains("service.max_serve_events") => {
-            ApiError::bad_field("context.events", message)
-        }
         Error::BadInput { .. } => ApiError::bad_field("context", e.to_string()),
         Error::AdminRefused { message, .. } => ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -202,7 +196,7 @@ fn host_error(e: Error) -> ApiError {
 async fn decide<C, T>(
     state: &AppState,
     body: &[u8],
-    call: impl FnOnce(&Host, C) -> Result<Decision<T>, Error> + Send + 'static,
+    call: impl FnOnce(&Host, C) -> Result<Decision<T>, ApiError> + Send + 'static,
 ) -> Result<Response, ApiError>
 where
     C: DeserializeOwned + Send + 'static,
@@ -218,7 +212,7 @@ where
         )
     })
     .await?;
-    let decision = decision.map_err(host_error)?;
+    let decision = decision?;
     Ok(Json(HookResponse {
         generation,
         decision,
@@ -247,19 +241,20 @@ async fn hook(
             let client = hook == "on-client-serve";
             decide(s, &body, move |h, c: ServeContext| {
                 if c.events.len() > max {
-                    return Err(Error::BadInput {
-                        hook: mxpolicy_host::Hook::OnClientServe,
-                        message: format!(
+                    return Err(ApiError::bad_field(
+                        "context.events",
+                        format!(
                             "{} events; at most {max} per request (service.max_serve_events)",
                             c.events.len()
                         ),
-                    });
+                    ));
                 }
                 if client {
                     h.on_client_serve(&c.viewer, c.events)
                 } else {
                     h.on_federation_serve(&c.viewer, c.events)
                 }
+                .map_err(host_error)
             })
             .await
         }
