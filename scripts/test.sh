@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Set up and run every test: wasm target, plugins built to components, lints, the whole suite.
+# Set up and run every test: wasm target, plugins built to components, the Python test
+# environment, lints (clippy, mypy --strict), the whole suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,6 +21,21 @@ for package in $plugin_packages; do
     wasm_packages+=(-p "$package")
 done
 cargo clippy --target wasm32-unknown-unknown "${wasm_packages[@]}" -- -D warnings
+# The Python end-to-end package (integrations/e2e): its virtualenv (target/venv), strict type
+# checking of the package and its tests, and its unit tests (no server, no browser).
+scripts/python-env.sh
+venv="$(realpath -m "${MXPOLICY_VENV:-target/venv}")"
+(cd integrations/e2e && "$venv/bin/mypy" --strict --cache-dir "$OLDPWD/target/mypy-cache" src tests)
+run_pytest() {
+    local status=0
+    "$venv/bin/pytest" "$@" || status=$?
+    # 5 is pytest's "no tests collected": a run that tested nothing is a failure here.
+    if [ "$status" -ne 0 ]; then
+        [ "$status" -eq 5 ] && echo "pytest $*: no tests collected" >&2
+        return 1
+    fi
+}
+run_pytest -q -p no:cacheprovider integrations/e2e/tests/test_unit.py
 
 # PostgreSQL for the PostgreSQL store's tests: a throwaway server on loopback, unless
 # MXPOLICY_TEST_POSTGRES already names one. Without PostgreSQL installed those tests say they
@@ -39,5 +55,5 @@ cargo test --workspace
 if [ "${MXPOLICY_SKIP_CONDUIT:-}" = 1 ] && [ "${CI:-}" != true ]; then
     echo "skipped: Conduit end to end (MXPOLICY_SKIP_CONDUIT=1)"
 else
-    scripts/conduit.sh
+    MXPOLICY_VENV="$venv" scripts/conduit.sh
 fi
