@@ -1052,7 +1052,7 @@ impl Host {
                 due_ms: timer.due_ms,
                 payload: timer.payload,
             };
-            let result = plugin.run(
+            let result = plugin.run_timer(
                 &self.runtime,
                 |b, s| b.call_on_timer(s, &ctx),
                 |out, txn| {

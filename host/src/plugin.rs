@@ -354,12 +354,40 @@ impl Plugin {
         &self,
         rt: &Runtime,
         f: impl Fn(&Policy, &mut Store<CallCtx>) -> wasmtime::Result<R>,
+        finish: impl FnMut(R, &mut Transaction) -> Result<T, FailureCause>,
+    ) -> Result<(T, Vec<u64>), FailureCause> {
+        self.run_within(rt, None, f, finish)
+    }
+
+    /// [`Plugin::run`] for `on-timer`: the hook call gets [`Settings::timer_deadline`].
+    pub(crate) fn run_timer<R: OutputSize, T>(
+        &self,
+        rt: &Runtime,
+        f: impl Fn(&Policy, &mut Store<CallCtx>) -> wasmtime::Result<R>,
+        finish: impl FnMut(R, &mut Transaction) -> Result<T, FailureCause>,
+    ) -> Result<(T, Vec<u64>), FailureCause> {
+        let deadline = self.settings.timer_deadline();
+        self.run_within(
+            rt,
+            (deadline != self.settings.deadline).then_some(deadline),
+            f,
+            finish,
+        )
+    }
+
+    /// [`Plugin::run`], the hook call itself under `deadline` if given (instead of the
+    /// plugin's own, which then covers only getting the instance ready).
+    fn run_within<R: OutputSize, T>(
+        &self,
+        rt: &Runtime,
+        deadline: Option<Duration>,
+        f: impl Fn(&Policy, &mut Store<CallCtx>) -> wasmtime::Result<R>,
         mut finish: impl FnMut(R, &mut Transaction) -> Result<T, FailureCause>,
     ) -> Result<(T, Vec<u64>), FailureCause> {
         let mut conflicts = 0;
         loop {
             let exclusive = (conflicts >= OPTIMISTIC_ATTEMPTS).then(|| self.slots.commit_lock());
-            let (out, mut txn) = self.call(rt, &f)?;
+            let (out, mut txn) = self.call(rt, deadline, &f)?;
             let value = finish(out, &mut txn)?;
             let commit = match &exclusive {
                 Some(_) => self.commit(&txn),
@@ -387,6 +415,7 @@ impl Plugin {
     fn call<R: OutputSize>(
         &self,
         rt: &Runtime,
+        deadline: Option<Duration>,
         f: &impl Fn(&Policy, &mut Store<CallCtx>) -> wasmtime::Result<R>,
     ) -> Result<(R, Transaction), FailureCause> {
         // Queue for a slot at most as long as the call itself may take.
@@ -400,10 +429,16 @@ impl Plugin {
             store.data_mut().flush_log();
             cause
         })?;
+        if let Some(deadline) = deadline {
+            warm.store.set_epoch_deadline(crate::spec::ticks(deadline));
+        }
         let result = f(&warm.bindings, &mut warm.store);
         warm.store.data_mut().flush_log();
         match result {
-            Err(e) => Err(self.classify(&e, &warm.store)),
+            Err(e) => Err(match deadline {
+                Some(deadline) => classify(&e, &warm.store, deadline),
+                None => self.classify(&e, &warm.store),
+            }),
             Ok(out) => {
                 let txn = std::mem::take(&mut warm.store.data_mut().txn);
                 if self.settings.instance_mode == InstanceMode::Reuse {

@@ -14,6 +14,9 @@ use crate::{
 /// Shortest deadline of the calls a load makes (see `Settings::load_deadline_ticks`).
 pub(crate) const LOAD_DEADLINE: Duration = Duration::from_secs(1);
 
+/// Shortest deadline of an `on-timer` call (see `Settings::timer_deadline`).
+pub(crate) const TIMER_DEADLINE: Duration = Duration::from_secs(2);
+
 /// Default deadline of one hook call. Epochs tick every millisecond, so a call is interrupted
 /// between `deadline` and `deadline + 1 ms` after it started.
 pub const DEFAULT_DEADLINE: Duration = Duration::from_millis(10);
@@ -136,6 +139,16 @@ impl Settings {
     /// that loops in `describe` or `init` still fails, after this long.
     pub(crate) fn load_deadline(&self) -> Duration {
         self.deadline.max(LOAD_DEADLINE)
+    }
+
+    /// The deadline of an `on-timer` call: the plugin's deadline, but at least
+    /// [`TIMER_DEADLINE`]. A timer is background work that nobody waits on (a grace period's
+    /// end, a purge decision over every room of a user), and the homeserver's answers to its
+    /// questions may have to be fetched: `mxpolicy serve` asks the homeserver back for a
+    /// timer's facts, since no request brought them. A plugin looping in `on-timer` still
+    /// fails, after this long, and the timer is retried with backoff.
+    pub(crate) fn timer_deadline(&self) -> Duration {
+        self.deadline.max(TIMER_DEADLINE)
     }
 
     /// Check every limit against its allowed range.

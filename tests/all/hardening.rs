@@ -379,6 +379,76 @@ fn timer_payloads_counts_and_cancel_ids_are_capped() {
     assert_eq!(msg, "timers: 60 after this call, quota 50");
 }
 
+/// A homeserver whose `members_of_room` answers after 200 ms: a homeserver asked back over
+/// the network, as `mxpolicy serve` asks for a timer's facts.
+struct SlowHomeserver(MemoryHomeserver);
+
+impl mxpolicy_host::Homeserver for SlowHomeserver {
+    fn server_name(&self) -> &mxpolicy_host::ruma::ServerName {
+        self.0.server_name()
+    }
+    fn rooms_of_user(
+        &self,
+        user: &mxpolicy_host::ruma::UserId,
+    ) -> Vec<mxpolicy_host::ruma::OwnedRoomId> {
+        self.0.rooms_of_user(user)
+    }
+    fn members_of_room(
+        &self,
+        room: &mxpolicy_host::ruma::RoomId,
+    ) -> Vec<mxpolicy_host::ruma::OwnedUserId> {
+        std::thread::sleep(Duration::from_millis(200));
+        self.0.members_of_room(room)
+    }
+    fn ever_joined_members(
+        &self,
+        room: &mxpolicy_host::ruma::RoomId,
+    ) -> Vec<mxpolicy_host::ruma::OwnedUserId> {
+        self.0.ever_joined_members(room)
+    }
+}
+
+#[test]
+fn a_timer_call_gets_two_seconds_where_a_hook_call_gets_its_deadline() {
+    let homeserver = Arc::new(SlowHomeserver(MemoryHomeserver::new(server_name())));
+    let host = Host::builder(homeserver, Arc::new(MemoryStore::new()))
+        .clock(Arc::new(mxpolicy_host::ManualClock::new(T0)))
+        .build()
+        .unwrap();
+    let deadline = Duration::from_millis(10);
+    // Asks the slow homeserver in on-timer, under a 10 ms deadline for its hooks (first in
+    // the chain: its on-send, which schedules the timer, runs before the failing one).
+    host.load(
+        spec("scripted-b")
+            .instance("slow-timer")
+            .deadline(deadline)
+            .config(json!({"timer_after_ms": 0, "timer_query_members_of": "!room:hs.example"})),
+    )
+    .unwrap();
+    // Asks it in on-send: over the same 10 ms deadline.
+    host.load(
+        spec("scripted-a")
+            .instance("slow-send")
+            .deadline(deadline)
+            .config(json!({"query_members_of": "!room:hs.example"})),
+    )
+    .unwrap();
+
+    let sent = host.on_send(&message("@a:hs.example", "hi"));
+    assert_eq!(sent.failures.len(), 1, "{:?}", sent.failures);
+    assert_eq!(sent.failures[0].plugin, "slow-send");
+    assert!(
+        matches!(sent.failures[0].cause, FailureCause::Timeout { .. }),
+        "{:?}",
+        sent.failures[0]
+    );
+
+    let fired = host.run_timers().unwrap();
+    assert!(fired.failures.is_empty(), "{:?}", fired.failures);
+    assert_eq!(fired.outcome.len(), 1);
+    assert!(fired.outcome[0].ok && fired.outcome[0].plugin == "slow-timer");
+}
+
 #[test]
 fn failing_timers_back_off_then_are_given_up_and_counted() {
     let t = test_host();

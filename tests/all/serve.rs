@@ -976,3 +976,136 @@ fn the_readmes_first_command_starts_the_sample_service() {
     assert!(child.wait().unwrap().success());
     assert!(local.join("policy-set.toml").is_file());
 }
+
+/// A stand-in for the homeserver's facts endpoint (`service.facts_url`): answers
+/// `ever_joined_members` from `rooms`, anything else with `[]`, and records each request
+/// line and its `Authorization` header. A test double: what it stands in for is the
+/// homeserver, which the Synapse end-to-end suite provides for real.
+struct FactsEndpoint {
+    url: String,
+    seen: Arc<std::sync::Mutex<Vec<(String, String)>>>,
+}
+
+impl FactsEndpoint {
+    fn start(rooms: Vec<(&'static str, Vec<&'static str>)>) -> Self {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/facts", listener.local_addr().unwrap());
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = seen.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).unwrap_or(0) == 1 {
+                    head.push(byte[0]);
+                }
+                let head = String::from_utf8_lossy(&head).into_owned();
+                // The request line, with the percent-escapes ids can carry decoded.
+                let line = head
+                    .lines()
+                    .next()
+                    .unwrap_or_default()
+                    .replace("%21", "!")
+                    .replace("%3A", ":")
+                    .replace("%40", "@");
+                let auth = head
+                    .lines()
+                    .find_map(|l| {
+                        l.strip_prefix("authorization: ")
+                            .or(l.strip_prefix("Authorization: "))
+                    })
+                    .unwrap_or_default()
+                    .to_owned();
+                let answer: Vec<&str> = rooms
+                    .iter()
+                    .find(|(room, _)| {
+                        line.contains("question=ever_joined_members")
+                            && line.contains(&format!("subject={room} "))
+                    })
+                    .map(|(_, members)| members.clone())
+                    .unwrap_or_default();
+                log.lock().unwrap().push((line, auth));
+                let body = json!({ "answer": answer }).to_string();
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        Self { url, seen }
+    }
+}
+
+#[test]
+fn timers_ask_the_homeserver_for_their_facts_and_purge_only_rooms_everyone_left_erased() {
+    let dir = TempDir::new("serve-facts-url");
+    let port = free_port();
+    let set = init(&dir.0, port);
+    let text = std::fs::read_to_string(&set).unwrap().replace(
+        "instance = \"erasure\"\n",
+        "instance = \"erasure\"\nconfig = { grace_period_ms = 1000 }\n",
+    );
+    std::fs::write(&set, text).unwrap();
+    // Alice alone ever joined !lonely; bob, not erased, was in !shared too.
+    let facts = FactsEndpoint::start(vec![
+        ("!lonely:localhost", vec!["@alice:localhost"]),
+        (
+            "!shared:localhost",
+            vec!["@alice:localhost", "@bob:localhost"],
+        ),
+    ]);
+    with_service_keys(&set, &format!("facts_url = {}", toml_string(&facts.url)));
+    let service = Service::start(&set);
+    // The deactivation brings the rooms she is in, as a request's facts do.
+    let (status, deactivated) = post(
+        &agent(),
+        &service.url("/_mxpolicy/v1/hooks/on-deactivate"),
+        Some(&service.secret),
+        &json!({
+            "context": {"user": "@alice:localhost", "erase": true},
+            "facts": {"rooms_of_user": {"@alice:localhost": ["!lonely:localhost", "!shared:localhost"]}},
+        })
+        .to_string(),
+    );
+    assert_eq!(status, 200, "{deactivated}");
+    assert_eq!(verdict(&deactivated).0, "allow", "{deactivated}");
+
+    let start = Instant::now();
+    let mut actions = Vec::new();
+    while !actions
+        .iter()
+        .any(|a: &Value| a["action"]["kind"] == "announce-erasure")
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the grace period's timer never fired: {actions:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+        let (status, claimed) = service.admin("outbox/claim", json!({"limit": 100}));
+        assert_eq!(status, 200);
+        actions.extend(claimed["actions"].as_array().unwrap().iter().cloned());
+    }
+    let purged: Vec<&Value> = actions
+        .iter()
+        .filter(|a| a["action"]["kind"] == "purge-room-history")
+        .map(|a| &a["action"]["room"])
+        .collect();
+    assert_eq!(purged, [&json!("!lonely:localhost")], "{actions:?}");
+
+    // Asked by the timer, with the API secret, about both rooms.
+    let seen = facts.seen.lock().unwrap().clone();
+    for room in ["!lonely:localhost", "!shared:localhost"] {
+        assert!(
+            seen.iter()
+                .any(|(line, auth)| line.starts_with("GET /facts?")
+                    && line.contains("question=ever_joined_members")
+                    && line.contains(&format!("subject={room} "))
+                    && *auth == format!("Bearer {}", service.secret)),
+            "{room} not asked with the secret: {seen:?}"
+        );
+    }
+    assert!(service.stop().success());
+}

@@ -73,6 +73,9 @@ pub struct Config {
     /// that blocks there, to hold a call in flight deterministically).
     #[serde(default)]
     pub query_members_of: Option<String>,
+    /// On each timer, ask the homeserver for the members of this room (as above).
+    #[serde(default)]
+    pub timer_query_members_of: Option<String>,
     /// On each send, write this many new one-byte keys `k/<n>`.
     #[serde(default)]
     pub write_keys: u64,
@@ -393,6 +396,10 @@ impl Policy for Scripted {
 
     fn on_timer(&self, ctx: &TimerContext) -> Vec<Action> {
         self.enter("on-timer");
+        if let Some(room) = &self.config.timer_query_members_of {
+            let members = homeserver::members_of_room(&room.as_str().into());
+            state::set("last-timer-members", &members.len());
+        }
         state::set(
             &format!("fired/{}", ctx.id),
             &ctx.payload::<String>().unwrap_or_default(),

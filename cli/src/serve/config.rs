@@ -71,6 +71,12 @@ pub struct ServiceConfig {
     /// Most events in one serve request (`context.events`). Default 1000.
     #[serde(default = "default_max_events")]
     pub max_serve_events: usize,
+    /// The homeserver's facts endpoint, asked by timer calls (which no request brings facts
+    /// to): `GET <facts_url>?question=<rooms_of_user|members_of_room|ever_joined_members>&subject=<id>`
+    /// with the API secret as bearer token, answered `{"answer": [ids]}`. `http://` only.
+    /// Without it a timer's questions get empty answers (erasure then purges no room).
+    #[serde(default)]
+    pub facts_url: Option<url::Url>,
     /// A user to show the way in with: printed at start with the consent page and two `curl`
     /// commands (what `mxpolicy init` writes for the sample set).
     #[serde(default)]
@@ -173,6 +179,14 @@ impl ServiceConfig {
             {
                 return Err(format!("{file}: `service.{key}`: {n} is outside 1..=1024"));
             }
+        }
+        if let Some(url) = &config.facts_url
+            && (url.scheme() != "http" || url.host().is_none())
+        {
+            return Err(format!(
+                "{file}: `service.facts_url`: {url} is not an http:// address (the homeserver \
+                 on loopback, or its own proxy)"
+            ));
         }
         Ok(config)
     }

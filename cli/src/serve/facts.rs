@@ -9,12 +9,24 @@
 //! `unanswered`, so an integration sees what it must add. The policies read an empty answer
 //! conservatively: a room with no known members is never purged.
 //!
-//! Timers fired by the service's scheduler have no request, so they get no facts in v1.
+//! Timers fired by the service's scheduler have no request. With `service.facts_url` set,
+//! their questions are asked of the homeserver, one HTTP request each (`GET
+//! <facts_url>?question=..&subject=..`, the API secret as bearer token, at most
+//! [`CALLBACK_TIMEOUT`], an answer of at most [`MAX_CALLBACK_ANSWER`]): a timer is background
+//! work nobody waits on, and the host gives `on-timer` calls at least 2 s. Only timer passes
+//! ask ([`for_timers`]); a request's call never waits on the homeserver. An answer that does
+//! not come, or does not parse, is logged and read as empty, which the policies read
+//! conservatively (a room with no known members is never purged). Without `facts_url` a
+//! timer's questions get empty answers.
 //!
 //! The facts of a call are kept in a thread-local for the duration of the call: hook calls
 //! are synchronous and run on the thread that called the host.
 
-use std::{cell::RefCell, collections::BTreeMap};
+use std::{
+    cell::{Cell, RefCell},
+    collections::BTreeMap,
+    time::Duration,
+};
 
 use mxpolicy_host::{
     Homeserver,
@@ -54,8 +66,31 @@ struct Call {
 /// Most distinct unanswered questions reported per call.
 const MAX_UNANSWERED: usize = 64;
 
+/// Longest wait for one answer of the homeserver's facts endpoint.
+pub const CALLBACK_TIMEOUT: Duration = Duration::from_millis(1500);
+
+/// Largest answer of the facts endpoint, in bytes.
+pub const MAX_CALLBACK_ANSWER: u64 = 1 << 20;
+
+/// Most ids in one answer of the facts endpoint.
+const MAX_CALLBACK_IDS: usize = 100_000;
+
 thread_local! {
     static CURRENT: RefCell<Option<Call>> = const { RefCell::new(None) };
+    static IN_TIMERS: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Run `f` (a timer pass) with the homeserver asked back for the facts its calls need.
+pub fn for_timers<R>(f: impl FnOnce() -> R) -> R {
+    struct Clear;
+    impl Drop for Clear {
+        fn drop(&mut self) {
+            IN_TIMERS.with(|t| t.set(false));
+        }
+    }
+    IN_TIMERS.with(|t| t.set(true));
+    let _clear = Clear;
+    f()
 }
 
 /// Run `f` (a hook call) with `facts` answering the plugins' questions; returns its result and
@@ -87,30 +122,113 @@ pub fn with<R>(facts: Facts, f: impl FnOnce() -> R) -> (R, Vec<Unanswered>) {
     (result, unanswered)
 }
 
-/// The service's [`Homeserver`]: the server name, and the facts of the current call.
+/// The service's [`Homeserver`]: the server name, the facts of the current call, and the
+/// homeserver's facts endpoint for timer passes.
 pub struct ServiceHomeserver {
     server_name: OwnedServerName,
+    callback: Option<Callback>,
+}
+
+/// The homeserver's facts endpoint.
+struct Callback {
+    url: url::Url,
+    secret: String,
+    agent: ureq::Agent,
 }
 
 impl ServiceHomeserver {
     /// For the homeserver named `server_name`.
     pub fn new(server_name: OwnedServerName) -> Self {
-        Self { server_name }
+        Self {
+            server_name,
+            callback: None,
+        }
+    }
+
+    /// Timer passes ([`for_timers`]) ask `url` for their facts, with `secret` as bearer token.
+    pub fn with_facts_url(mut self, url: url::Url, secret: &[u8]) -> Self {
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(CALLBACK_TIMEOUT))
+            .build()
+            .into();
+        self.callback = Some(Callback {
+            url,
+            secret: String::from_utf8_lossy(secret).into_owned(),
+            agent,
+        });
+        self
+    }
+
+    /// Ask the homeserver (timer passes only); `None` outside a timer pass, without a
+    /// callback, or when the answer did not come or does not parse (logged).
+    fn ask<V: TryFrom<String>>(&self, question: &'static str, subject: &str) -> Option<Vec<V>> {
+        let callback = self.callback.as_ref()?;
+        if !IN_TIMERS.with(Cell::get) {
+            return None;
+        }
+        match callback.ask(question, subject) {
+            Ok(ids) => Some(
+                ids.into_iter()
+                    .filter_map(|id| V::try_from(id).ok())
+                    .collect(),
+            ),
+            Err(e) => {
+                tracing::warn!(
+                    question,
+                    subject,
+                    "the homeserver's facts endpoint did not answer ({e}); read as empty"
+                );
+                None
+            }
+        }
     }
 }
 
-fn answer<K: Ord + ToString + ?Sized, V: Clone>(
+impl Callback {
+    fn ask(&self, question: &str, subject: &str) -> Result<Vec<String>, String> {
+        #[derive(Deserialize)]
+        struct Answer {
+            answer: Vec<String>,
+        }
+        let mut response = self
+            .agent
+            .get(self.url.as_str())
+            .query("question", question)
+            .query("subject", subject)
+            .header("Authorization", &format!("Bearer {}", self.secret))
+            .call()
+            .map_err(|e| e.to_string())?;
+        if response.status() != 200 {
+            return Err(format!("status {}", response.status()));
+        }
+        let answer: Answer = response
+            .body_mut()
+            .with_config()
+            .limit(MAX_CALLBACK_ANSWER)
+            .read_json()
+            .map_err(|e| e.to_string())?;
+        if answer.answer.len() > MAX_CALLBACK_IDS {
+            return Err(format!(
+                "{} ids, more than {MAX_CALLBACK_IDS}",
+                answer.answer.len()
+            ));
+        }
+        Ok(answer.answer)
+    }
+}
+
+fn answer<K: Ord + ToString + ?Sized, V: Clone + TryFrom<String>>(
+    homeserver: &ServiceHomeserver,
     question: &'static str,
     key: &K,
     pick: impl Fn(&Facts) -> Option<&Vec<V>>,
 ) -> Vec<V> {
-    CURRENT.with(|c| {
+    let from_call = CURRENT.with(|c| {
         let mut c = c.borrow_mut();
-        let Some(call) = c.as_mut() else {
-            return Vec::new();
-        };
+        let call = c.as_mut()?;
         if let Some(found) = pick(&call.facts) {
-            return found.clone();
+            return Some(found.clone());
         }
         if call.unanswered.len() < MAX_UNANSWERED {
             call.unanswered.push(Unanswered {
@@ -118,8 +236,11 @@ fn answer<K: Ord + ToString + ?Sized, V: Clone>(
                 subject: key.to_string(),
             });
         }
-        Vec::new()
-    })
+        Some(Vec::new())
+    });
+    from_call
+        .or_else(|| homeserver.ask(question, &key.to_string()))
+        .unwrap_or_default()
 }
 
 impl Homeserver for ServiceHomeserver {
@@ -128,15 +249,17 @@ impl Homeserver for ServiceHomeserver {
     }
 
     fn rooms_of_user(&self, user: &UserId) -> Vec<OwnedRoomId> {
-        answer("rooms_of_user", user, |f| f.rooms_of_user.get(user))
+        answer(self, "rooms_of_user", user, |f| f.rooms_of_user.get(user))
     }
 
     fn members_of_room(&self, room: &RoomId) -> Vec<OwnedUserId> {
-        answer("members_of_room", room, |f| f.members_of_room.get(room))
+        answer(self, "members_of_room", room, |f| {
+            f.members_of_room.get(room)
+        })
     }
 
     fn ever_joined_members(&self, room: &RoomId) -> Vec<OwnedUserId> {
-        answer("ever_joined_members", room, |f| {
+        answer(self, "ever_joined_members", room, |f| {
             f.ever_joined_members.get(room)
         })
     }

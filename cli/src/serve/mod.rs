@@ -56,7 +56,11 @@ pub fn run_until(
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
 
-    let homeserver = Arc::new(ServiceHomeserver::new(config.server_name.clone()));
+    let mut homeserver = ServiceHomeserver::new(config.server_name.clone());
+    if let Some(url) = &config.facts_url {
+        homeserver = homeserver.with_facts_url(url.clone(), &secret);
+    }
+    let homeserver = Arc::new(homeserver);
     let host = Arc::new(
         set.host_builder(homeserver)
             .map_err(|e| e.to_string())?
@@ -170,7 +174,7 @@ async fn scheduler(host: Arc<Host>, every: Duration, mut stop: watch::Receiver<b
             _ = stop.changed() => return,
         }
         let host = host.clone();
-        match tokio::task::spawn_blocking(move || host.run_timers()).await {
+        match tokio::task::spawn_blocking(move || facts::for_timers(|| host.run_timers())).await {
             Ok(Ok(decision)) => {
                 let fired = decision.outcome.len();
                 if fired > 0 {
