@@ -22,8 +22,9 @@ def pytest_runtest_makereport(item: pytest.Item,
     report = yield
     if report.when == "call" and report.failed:
         story = getattr(item, "funcargs", {}).get("story")
-        server = getattr(story, "conduit", None)
-        if server is not None:
+        # Conduit's story names its server; Synapse's story reports both of its processes.
+        server = getattr(story, "conduit", None) or story
+        if server is not None and hasattr(server, "log_tail") and hasattr(server, "log_path"):
             report.sections.append((f"last lines of {server.log_path}", server.log_tail(30)))
     return report
 

@@ -214,3 +214,19 @@ def test_port_in_use() -> None:
         port = server.getsockname()[1]
         assert port_in_use(port)
     assert not port_in_use(port)
+
+
+def test_set_toml_key_replaces_or_adds_in_the_right_table(tmp_path: Path) -> None:
+    from mxpolicy_e2e.policy_set import set_toml_key
+
+    path = tmp_path / "set.toml"
+    path.write_text('top = 1\n\n[service]\nlisten = "a"\n\n[[plugin]]\npath = "x"\n')
+    set_toml_key(path, "service", "facts_url", '"http://h/facts"')
+    set_toml_key(path, "service", "listen", '"b"')
+    set_toml_key(path, None, "top", "2")
+    import tomllib
+
+    value = tomllib.loads(path.read_text())
+    assert value["top"] == 2
+    assert value["service"] == {"listen": "b", "facts_url": "http://h/facts"}
+    assert value["plugin"] == [{"path": "x"}]

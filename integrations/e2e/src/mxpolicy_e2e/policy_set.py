@@ -148,3 +148,38 @@ def create_sample(mxpolicy_bin: Path, directory: Path, *, port: int, plugins: Pa
     if baseurl != f"http://127.0.0.1:{port}/":
         raise PolicySetError(f"{policy_set.consent_path}: public_baseurl is {baseurl!r}")
     return policy_set
+
+
+def set_toml_key(path: Path, section: str | None, key: str, value_toml: str) -> None:
+    """Set ``key = value_toml`` in `section` (``None``: the top level, before any table) of a
+    TOML file, replacing the key's line if it is there; renamed into place."""
+    lines = path.read_text().splitlines()
+    current: str | None = None
+    start = 0 if section is None else None
+    end = len(lines)
+    for i, line in enumerate(lines):
+        stripped = line.strip()
+        if stripped.startswith("["):
+            if current == section and start is not None and i > start:
+                end = i
+                break
+            current = stripped.strip("[]").strip()
+            if section is None:
+                end = i
+                break
+            if current == section:
+                start = i + 1
+    if start is None:
+        raise PolicySetError(f"{path}: no [{section}] section")
+    for i in range(start, end):
+        if re.match(rf"^{re.escape(key)}\s*=", lines[i]):
+            lines[i] = f"{key} = {value_toml}"
+            break
+    else:
+        insert = end
+        while insert > start and not lines[insert - 1].strip():
+            insert -= 1
+        lines.insert(insert, f"{key} = {value_toml}")
+    text = "\n".join(lines) + "\n"
+    tomllib.loads(text)
+    replace_file(path, text)

@@ -1,0 +1,389 @@
+"""The GDPR story through a real, unmodified Synapse from PyPI with the `mxpolicy_synapse`
+module and `mxpolicy serve` as a separate process (issue 15, item 2), one test per step.
+
+The steps share one Synapse and one service (a module-scoped fixture) and one `Story` that
+carries what a step leaves for the next; pytest runs them in file order.
+
+Environment: ``MXPOLICY_SYNAPSE_PYTHON`` (target/synapse-venv/bin/python: Synapse and the
+module, made by scripts/synapse-env.sh), ``MXPOLICY_SYNAPSE_PORT`` (8448),
+``MXPOLICY_SERVE_PORT`` (8481), ``MXPOLICY_BIN``, ``MXPOLICY_PLUGINS``, ``MXPOLICY_ARTIFACTS``
+(screenshots go to its ``synapse/``), ``MXPOLICY_E2E_WORK`` (default a new temporary folder),
+``MXPOLICY_E2E_GRACE_MS`` (40000), ``MXPOLICY_E2E_DEADLINE_MS`` (500).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+import pytest
+
+from mxpolicy_e2e import browser, images, paths, report
+from mxpolicy_e2e.consent import ConsentLink, accept_over_http, consent_link_of
+from mxpolicy_e2e.matrix import JsonObject, MatrixClient, MatrixError, mxc_parts, q, \
+    timeline_events
+from mxpolicy_e2e.policy_set import PolicySet, create_sample, set_toml_key, toml_string
+from mxpolicy_e2e.service import MxpolicyService
+from mxpolicy_e2e.synapse import NOTICES_ROOM_NAME, SERVER_USER, Synapse
+
+PORT = int(os.environ.get("MXPOLICY_SYNAPSE_PORT", "8448"))
+SERVE_PORT = int(os.environ.get("MXPOLICY_SERVE_PORT", "8481"))
+GRACE_MS = int(os.environ.get("MXPOLICY_E2E_GRACE_MS", "40000"))
+#: Each plugin's per-call deadline (a debug `mxpolicy` on a busy 2-core machine; see
+#: test_conduit.py).
+DEADLINE_MS = int(os.environ.get("MXPOLICY_E2E_DEADLINE_MS") or "500")
+AFTER_GRACE_S = 30.0
+NOTICE_BODY = "Please review and accept our privacy policy: {consent_uri}"
+LONELY = "lonely secret"
+PNG = images.png(64, 64, seed=int(time.time()) % 251 + 3)
+
+T = TypeVar("T")
+
+
+@dataclass
+class Story:
+    synapse: Synapse
+    service: MxpolicyService
+    policy_set: PolicySet
+    artifacts: Path
+    anonymous: MatrixClient
+    clients: list[MatrixClient] = field(default_factory=list)
+    values: dict[str, Any] = field(default_factory=dict)
+
+    def client(self) -> MatrixClient:
+        c = MatrixClient(self.synapse.base_url)
+        self.clients.append(c)
+        return c
+
+    def put(self, key: str, value: Any) -> None:
+        self.values[key] = value
+
+    def get(self, key: str, kind: type[T]) -> T:
+        if key not in self.values:
+            pytest.fail(f"an earlier step did not complete: it should have left {key!r}")
+        value = self.values[key]
+        assert isinstance(value, kind)
+        return value
+
+    @property
+    def log_path(self) -> Path:
+        """For conftest's report section: Synapse's log."""
+        return self.synapse.log_path
+
+    def log_tail(self, lines: int = 30) -> str:
+        return (self.synapse.log_tail(lines) + f"\n--- last lines of {self.service.log_path} "
+                "---\n" + self.service.log_tail(lines))
+
+
+@pytest.fixture(scope="module")
+def story(request: pytest.FixtureRequest) -> Iterator[Story]:
+    work = Path(os.environ.get("MXPOLICY_E2E_WORK") or tempfile.mkdtemp(prefix="mxpolicy-syn-"))
+    if work.exists() and any(work.iterdir()):
+        pytest.fail(f"MXPOLICY_E2E_WORK={work} is not empty", pytrace=False)
+    work.mkdir(parents=True, exist_ok=True)
+    binary = paths.mxpolicy_bin()
+    policy_set = create_sample(binary, work / "set", port=SERVE_PORT,
+                               plugins=paths.plugins_dir())
+    policy_set.set_grace_period(GRACE_MS)
+    policy_set.set_server_notice(NOTICE_BODY)
+    policy_set.set_deadline(DEADLINE_MS)
+    service = MxpolicyService(binary, policy_set, SERVE_PORT, work / "mxpolicy-serve.log")
+    synapse = Synapse(work / "synapse", PORT, service_url=service.base_url,
+                      api_secret_file=service.secret_file)
+    # The consent links are on Synapse's public URL; the module proxies them to the service.
+    set_toml_key(policy_set.consent_path, None, "public_baseurl",
+                 toml_string(synapse.consent_baseurl))
+    # Timer calls (the erasure's room purge) ask Synapse for the facts.
+    set_toml_key(policy_set.path, "service", "facts_url", toml_string(synapse.facts_url))
+    artifacts = paths.artifacts_dir("synapse")
+    for line in (f"Synapse work folder: {work}", f"Synapse log: {synapse.log_path}",
+                 f"mxpolicy serve log: {service.log_path}", f"Synapse screenshots: {artifacts}"):
+        print(line)
+        report.note(request.config, line)
+    started = time.monotonic()
+    service.start()
+    print(f"mxpolicy serve answered after {time.monotonic() - started:.1f} s")
+    synapse.write_config()
+    waited = synapse.start()
+    print(f"Synapse answered after {waited:.1f} s")
+    report.note(request.config, f"Synapse start: {waited:.1f} s")
+    admin = synapse.register_admin("admin", "admin password")
+    synapse.admin_token_file.write_text(str(admin["access_token"]) + "\n")
+    s = Story(synapse, service, policy_set, artifacts, MatrixClient(synapse.base_url))
+    s.clients.append(s.anonymous)
+    try:
+        yield s
+    finally:
+        for c in s.clients:
+            c.close()
+        print(f"\nSynapse stopped (status {synapse.stop()}); mxpolicy serve stopped (status "
+              f"{service.stop()})")
+
+
+def refusal(call: Callable[[], object]) -> MatrixError:
+    try:
+        result = call()
+    except MatrixError as e:
+        return e
+    pytest.fail(f"expected a refusal, got {result!r}")
+
+
+def poll(what: str, timeout_s: float, check: Callable[[], T | None],
+         interval_s: float = 0.5) -> T:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = check()
+        if value is not None:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what}: not within {timeout_s:.0f} s")
+        time.sleep(interval_s)
+
+
+def assert_png(path: Path) -> None:
+    data = path.read_bytes()
+    assert len(data) > 100 and data.startswith(browser.PNG_SIGNATURE), f"{path} is not a PNG"
+
+
+class NoticeWatcher:
+    """A user's /sync from an initial sync on: the ``m.server_notice`` messages from the
+    notices user, with the room they are in."""
+
+    def __init__(self, client: MatrixClient) -> None:
+        self.client = client
+        self.since: str | None = None
+        self.notices: list[tuple[str, JsonObject]] = []
+
+    def poll(self) -> None:
+        answer = self.client.sync(filter_={"room": {"timeline": {"limit": 50}}},
+                                  since=self.since, timeout_ms=0 if self.since is None else 1000)
+        self.since = str(answer.get("next_batch"))
+        for room_id in answer.get("rooms", {}).get("join", {}):
+            for event in timeline_events(answer, room_id):
+                content = event.get("content", {})
+                if content.get("msgtype") == "m.server_notice" and event.get("sender") == SERVER_USER:
+                    self.notices.append((str(room_id), event))
+
+    def wait_for(self, needle: str, timeout_s: float = 15.0) -> tuple[str, JsonObject]:
+        def found() -> tuple[str, JsonObject] | None:
+            self.poll()
+            for room_id, event in self.notices:
+                if needle in str(event.get("content", {}).get("body", "")):
+                    return room_id, event
+            return None
+        return poll(f"a server notice holding {needle!r}", timeout_s, found, 0.2)
+
+
+# --- a. a user who has not consented is refused, with a link on Synapse's URL, and notified ---
+
+
+def test_a1_send_refused_with_consent_uri_on_synapse(story: Story) -> None:
+    alice = story.client()
+    alice.register("alice", "correct horse")
+    story.put("alice", alice)
+    error = refusal(lambda: alice.create_room(name="before consent"))
+    assert (error.status, error.errcode) == (403, "M_CONSENT_NOT_GIVEN"), error
+    assert "probable spam" not in error.text and "not allowed in this context" not in error.text
+    link = consent_link_of(error)
+    assert link.uri.startswith(f"{story.synapse.base_url}/_synapse/client/mxpolicy/_mxpolicy/"
+                               "consent/?"), link.uri
+    assert link.uri in str(error.body.get("error")), "the message holds the link"
+    assert (link.user, link.version) == ("@alice:localhost", "1.0")
+    story.put("alice_link", link)
+    page = httpx.get(link.uri, timeout=30)
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert '<form method="post"' in page.text
+    csp = page.headers.get("content-security-policy", "")
+    assert "frame-ancestors 'none'" in csp, csp
+
+
+def test_a2_server_notice_with_the_link(story: Story) -> None:
+    alice = story.get("alice", MatrixClient)
+    link = story.get("alice_link", ConsentLink)
+    watcher = NoticeWatcher(alice)
+    room_id, _ = watcher.wait_for(link.uri)
+    story.put("alice_notices", watcher)
+    story.put("alice_notices_room", room_id)
+    assert alice.state(room_id, "m.room.name").get("name") == NOTICES_ROOM_NAME
+    members = alice.call("GET", f"/_matrix/client/v3/rooms/{q(room_id)}/joined_members")
+    assert alice.user_id in members.get("joined", {}), f"alice is not joined: {members}"
+    assert len([n for n in watcher.notices if link.uri in str(n[1]["content"].get("body"))]) == 1
+
+
+# --- b. consent in the browser; the send succeeds ---------------------------------------------
+
+
+def test_b1_browser_accepts(story: Story) -> None:
+    link = story.get("alice_link", ConsentLink)
+    print(f"\nscreenshots: {story.artifacts}")
+    result = browser.accept_consent(link.uri, story.artifacts, prefix="alice-consent")
+    assert_png(result.before)
+    assert_png(result.after)
+    assert result.text.startswith("You (@alice:localhost) accepted the Privacy Policy "
+                                  "(version 1.0) on "), result.text
+    story.put("alice_accepted_in_browser", True)
+
+
+def test_b2_send_now_succeeds(story: Story) -> None:
+    alice = story.get("alice", MatrixClient)
+    in_browser = "alice_accepted_in_browser" in story.values
+    if not in_browser:
+        accept_over_http(story.get("alice_link", ConsentLink))
+    room_id = alice.create_room(name="after consent", preset="public_chat")
+    alice.send_text(room_id, "hello")
+    story.put("room", room_id)
+    if not in_browser:
+        pytest.fail("step b1 (the browser) failed: alice accepted over HTTP instead")
+
+
+# --- c. a new policy version while both run ---------------------------------------------------
+
+
+def test_c_new_version_applies_while_running(story: Story) -> None:
+    alice = story.get("alice", MatrixClient)
+    room_id = story.get("room", str)
+    watcher = story.get("alice_notices", NoticeWatcher)
+    watcher.poll()
+    before = len(watcher.notices)
+    generation = story.service.generation()
+    story.policy_set.set_consent_version("2.0")
+    story.service.wait_generation_change(generation)
+
+    error = refusal(lambda: alice.send_text(room_id, "under 2.0?"))
+    assert (error.status, error.errcode) == (403, "M_CONSENT_NOT_GIVEN"), error
+    link = consent_link_of(error)
+    assert link.version == "2.0" and link.uri != story.get("alice_link", ConsentLink).uri
+    watcher.wait_for(link.uri)
+    # A second refused send brings no second notice for the same version.
+    refusal(lambda: alice.send_text(room_id, "still under 2.0?"))
+    time.sleep(2.5)
+    watcher.poll()
+    new = watcher.notices[before:]
+    assert len(new) == 1 and link.uri in str(new[0][1]["content"].get("body")), new
+    story.put("alice_link_2", link)
+
+
+# --- d. the service restarts; the consent to 2.0 survives -----------------------------------
+
+
+def test_d_consent_survives_a_service_restart(story: Story) -> None:
+    alice = story.get("alice", MatrixClient)
+    room_id = story.get("room", str)
+    link = story.get("alice_link_2", ConsentLink)
+    assert "(version 2.0)" in accept_over_http(link)
+    alice.send_text(room_id, "accepted 2.0")
+    waited = story.service.restart()
+    print(f"\nmxpolicy serve restarted in {waited:.1f} s")
+    alice.send_text(room_id, "after the service restart")
+
+
+# --- e. media, erasure, grace period ----------------------------------------------------------
+
+
+def consenting(client: MatrixClient, call: Callable[[], T]) -> T:
+    try:
+        return call()
+    except MatrixError as e:
+        if e.errcode != "M_CONSENT_NOT_GIVEN":
+            raise
+        accept_over_http(consent_link_of(e))
+        return call()
+
+
+def test_e1_media_posted_then_erased(story: Story) -> None:
+    alice = story.get("alice", MatrixClient)
+    room_id = story.get("room", str)
+    bob = story.client()
+    bob.register("bob", "bob password")
+    story.put("bob", bob)
+    assert consenting(bob, lambda: bob.join(room_id)) == room_id
+    mxc = alice.upload(PNG, content_type="image/png", filename="pixel.png")
+    assert mxc.startswith("mxc://localhost/")
+    story.put("mxc", mxc)
+    alice.send(room_id, {"msgtype": "m.image", "body": "pixel.png", "url": mxc,
+                         "info": {"mimetype": "image/png", "size": len(PNG)}})
+    answer = bob.download(mxc, version="v1")
+    assert (answer.status_code, answer.content) == (200, PNG), "bob downloads before erasure"
+    media_id = mxc_parts(mxc)[1]
+    assert story.synapse.media_file(media_id).is_file(), story.synapse.media_file(media_id)
+    info = story.synapse.admin("GET", f"/_synapse/admin/v1/media/localhost/{q(media_id)}")
+    assert info.status_code == 200, info.text
+    # A room only alice ever joins.
+    lonely = alice.create_room(name="lonely", preset="private_chat")
+    alice.send_text(lonely, LONELY)
+    story.put("lonely_room", lonely)
+    assert story.synapse.admin("GET", f"/_synapse/admin/v1/rooms/{q(lonely)}").status_code == 200
+
+    alice.deactivate(erase=True)
+    story.put("deactivated_at", time.time())
+    assert refusal(lambda: alice.sync()).status == 401
+
+    # At once: refused to bob (Synapse's quarantine answers 404), and to anyone.
+    for who in (bob, story.anonymous):
+        refused = who.download(mxc, version="v1")
+        assert refused.status_code in (404, 401) if who is story.anonymous else \
+            refused.status_code == 404, f"{who.who}: {refused.status_code} {refused.text}"
+    answer = bob.download(mxc, version="v1")
+    assert answer.status_code == 404 and answer.json()["errcode"] == "M_NOT_FOUND", answer.text
+    info = story.synapse.admin("GET", f"/_synapse/admin/v1/media/localhost/{q(media_id)}")
+    assert info.status_code == 200, info.text
+    assert info.json()["media_info"]["quarantined_by"] == "@admin:localhost", info.text
+
+
+def grace_end(story: Story) -> float:
+    return story.get("deactivated_at", float) + GRACE_MS / 1000
+
+
+def test_e2_media_deleted_at_grace_end(story: Story) -> None:
+    mxc = story.get("mxc", str)
+    media_id = mxc_parts(mxc)[1]
+    deadline = grace_end(story) + AFTER_GRACE_S - time.time()
+
+    def gone() -> bool | None:
+        answer = story.synapse.admin("GET", f"/_synapse/admin/v1/media/localhost/{q(media_id)}")
+        return True if answer.status_code == 404 else None
+
+    poll(f"{mxc} deleted (admin API 404) by the grace end + {AFTER_GRACE_S:.0f} s",
+         max(deadline, 1), gone)
+    assert not story.synapse.media_file(media_id).exists()
+    bob = story.get("bob", MatrixClient)
+    assert bob.download(mxc, version="v1").status_code == 404
+
+
+def test_e3_room_only_erased_users_joined_is_purged(story: Story) -> None:
+    lonely = story.get("lonely_room", str)
+    deadline = grace_end(story) + AFTER_GRACE_S - time.time()
+
+    def purged() -> bool | None:
+        answer = story.synapse.admin("GET", f"/_synapse/admin/v1/rooms/{q(lonely)}")
+        return True if answer.status_code == 404 else None
+
+    poll(f"{lonely} purged (admin API 404) by the grace end + {AFTER_GRACE_S:.0f} s",
+         max(deadline, 1), purged)
+    room = story.get("room", str)
+    assert story.synapse.admin("GET", f"/_synapse/admin/v1/rooms/{q(room)}").status_code == 200, (
+        "the room bob is in must stay")
+
+
+# --- f. the service is stopped: fail closed -------------------------------------------------
+
+
+def test_f_service_down_fails_closed(story: Story) -> None:
+    bob = story.get("bob", MatrixClient)
+    room_id = story.get("room", str)
+    mxc = story.get("mxc", str)
+    code = story.service.stop()
+    print(f"\nmxpolicy serve stopped (status {code})")
+    error = refusal(lambda: bob.send_text(room_id, "while the service is down"))
+    assert error.status == 503, error
+    assert "policy service is unavailable" in str(error.body.get("error")), error.body
+    assert bob.download(mxc, version="v1").status_code == 404
+    upload = bob.request("POST", "/_matrix/media/v3/upload", content=PNG,
+                         params={"filename": "x.png"}, headers={"Content-Type": "image/png"})
+    assert upload.status_code == 503, upload.text
