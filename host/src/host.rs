@@ -662,6 +662,13 @@ impl Host {
         self.runtime.compile_stats()
     }
 
+    /// Whether a plugin of the current chain declared `hook`. A homeserver can skip building
+    /// a hook's context (reading the facts it needs) when none did; the answer may change at
+    /// the next swap, so ask per request.
+    pub fn wants(&self, hook: Hook) -> bool {
+        self.chain.load().plugins.iter().any(|p| p.wants(hook))
+    }
+
     /// The chain's generation number: it grows by one at every load, swap or unload.
     pub fn generation(&self) -> u64 {
         self.chain.load().number

@@ -16,6 +16,7 @@
 //! path = "plugins/consent.wasm"            # relative to this file
 //! sha256 = "9f2c..."                       # optional pin
 //! deadline_ms = 10
+//! instance_mode = "fresh"                  # or "reuse": warm instances, for trusted plugins
 //! failure = { on-send = "closed" }
 //! config = { version = "1.0", public_baseurl = "https://hs.example/" }
 //!
@@ -136,6 +137,10 @@ pub struct Entry {
     /// Concurrent calls.
     #[serde(default)]
     pub max_concurrency: Option<u32>,
+    /// `fresh` (default: a new instance per call) or `reuse` (warm instances; only for
+    /// plugins trusted to keep no per-call data in memory, see [`InstanceMode`](crate::InstanceMode)).
+    #[serde(default)]
+    pub instance_mode: Option<crate::InstanceMode>,
     /// State quota: keys.
     #[serde(default)]
     pub max_keys: Option<u64>,
@@ -327,6 +332,9 @@ impl PolicySet {
         }
         if let Some(n) = entry.max_concurrency {
             spec = spec.max_concurrency(n);
+        }
+        if let Some(mode) = entry.instance_mode {
+            spec = spec.instance_mode(mode);
         }
         let defaults = crate::spec::DEFAULT_QUOTA;
         spec = spec.quota(Quota {

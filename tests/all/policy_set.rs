@@ -337,3 +337,60 @@ fn an_unchanged_entry_is_kept_as_it_runs_and_only_the_changed_one_is_reloaded() 
         ["A1", "B2"]
     );
 }
+
+#[test]
+fn an_entry_can_reuse_warm_instances_and_changing_that_rebuilds_only_it() {
+    let dir = TempDir::new("set-instance-mode");
+    let t = test_host();
+    let set = |mode: &str| {
+        format!(
+            "[[plugin]]\ninstance = \"scripted-a\"\npath = \"scripted-a.wasm\"\n\
+             deadline_ms = 2000\n{mode}\n\n\
+             [[plugin]]\ninstance = \"scripted-b\"\npath = \"scripted-b.wasm\"\n\
+             deadline_ms = 2000\n"
+        )
+    };
+    let memory_calls = |instance: &str| {
+        t.host
+            .admin(instance, "memory-calls", &serde_json::json!({}))
+            .unwrap()
+    };
+    assert!(
+        !t.host.wants(mxpolicy_host::Hook::OnSend),
+        "an empty chain wants nothing"
+    );
+    t.host
+        .apply(&write_set(&dir.0, &set("instance_mode = \"reuse\"")))
+        .unwrap();
+    assert!(t.host.wants(mxpolicy_host::Hook::OnSend));
+    for _ in 0..3 {
+        t.host.on_send(&message("@a:hs.example", "hi"));
+    }
+    // The reused instance remembers the calls before (in its memory, not its state); a fresh
+    // one has run only the admin call itself. Calls may land on any warm instance, so: more
+    // than one.
+    assert!(memory_calls("scripted-a").as_u64().unwrap() > 1);
+    assert_eq!(memory_calls("scripted-b"), 1);
+
+    let fresh = t
+        .host
+        .apply(&write_set(&dir.0, &set("instance_mode = \"fresh\"")))
+        .unwrap();
+    assert_eq!(
+        fresh.changes,
+        [mxpolicy_host::Change::Reconfigured {
+            instance: "scripted-a".into()
+        }]
+    );
+    t.host.on_send(&message("@a:hs.example", "hi"));
+    assert_eq!(memory_calls("scripted-a"), 1);
+
+    let err = PolicySet::from_file(&{
+        let path = dir.0.join("bad.toml");
+        std::fs::write(&path, set("instance_mode = \"shared\"")).unwrap();
+        path
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("instance_mode"), "{err}");
+}

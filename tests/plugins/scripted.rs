@@ -106,7 +106,12 @@ fn own<T: serde::de::DeserializeOwned + Default>(key: &str) -> T {
     }
 }
 
+/// Calls this instance has run (its memory, not its state): 1 in a fresh instance, more in a
+/// reused one.
+static CALLS_IN_MEMORY: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 fn count(hook: &str) -> u64 {
+    CALLS_IN_MEMORY.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let key = format!("calls/{hook}");
     let n = own::<u64>(&key) + 1;
     state::set(&key, &n);
@@ -421,6 +426,9 @@ impl Policy for Scripted {
                 Ok(json!({"label": self.config.label, "calls": calls}))
             }
             "echo" => Ok(req.args.clone()),
+            "memory-calls" => Ok(json!(
+                CALLS_IN_MEMORY.load(std::sync::atomic::Ordering::Relaxed)
+            )),
             "page" => Ok(json!(state::keys_page(
                 req.args["prefix"].as_str().unwrap_or_default(),
                 req.args["after"].as_str(),
