@@ -9,7 +9,9 @@
 //!   erasure, media ownership, keyword filter; SQLite state, a compile cache; `consent_uri`s on
 //!   that Conduit's port; plugins from `target/plugins`), "plain" on port 6302 without it.
 //!   `MXPOLICY_CONDUIT_BENCH_PORTS=A,B` overrides the ports, `MXPOLICY_CONDUIT_BENCH_SET` the
-//!   set (a subset of the sample's plugins, say, to see what each costs). Both are killed at
+//!   set (a subset of the sample's plugins, say, to see what each costs), and
+//!   `MXPOLICY_CONDUIT_BENCH_INSTANCE_MODE=reuse` gives every plugin of the sample warm,
+//!   reused instances instead of a fresh one per call. Both are killed at
 //!   the end, and on a panic (a guard's `Drop`); the tail of a Conduit's log is printed when
 //!   it does not start or register.
 //! - On each: one user registers (`m.login.dummy`); on "policies" the user first accepts the
@@ -526,6 +528,18 @@ fn main() {
         &mut io::sink(),
     )
     .expect("mxpolicy init");
+    // `MXPOLICY_CONDUIT_BENCH_INSTANCE_MODE=reuse`: every entry of the sample keeps warm
+    // instances (`instance_mode = "reuse"`) instead of a fresh instance per call.
+    if let Some(mode) = std::env::var_os("MXPOLICY_CONDUIT_BENCH_INSTANCE_MODE") {
+        let mode = mode.to_string_lossy().into_owned();
+        let text = fs::read_to_string(&set).expect("read the sample set");
+        let text = text.replace(
+            "[[plugin]]\n",
+            &format!("[[plugin]]\ninstance_mode = \"{mode}\"\n"),
+        );
+        fs::write(&set, text).expect("write the sample set");
+        println!("instance mode of every plugin: {mode}");
+    }
     // Another set instead of the sample (a subset of its plugins, say, to see what each costs).
     let set = match std::env::var_os("MXPOLICY_CONDUIT_BENCH_SET") {
         Some(other) => std::path::absolute(PathBuf::from(other)).expect("the set's path"),
