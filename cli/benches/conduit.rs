@@ -48,11 +48,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use mxpolicy::{
-    init::InitArgs,
-    serve::facts::{Facts, ServiceHomeserver},
-};
-use mxpolicy_host::{Host, PolicySet, SendEvent, SqliteStore, ruma::OwnedServerName};
+mod common;
+
+use common::{agent, plugins_dir};
+use mxpolicy::{init::InitArgs, serve::facts::Facts};
+use mxpolicy_host::{PolicySet, SendEvent};
 use serde_json::{Value, json};
 
 const SERVER_NAME: &str = "localhost";
@@ -78,19 +78,6 @@ const IN_PROCESS_CALLS: usize = 1000;
 const IN_PROCESS_EVERY: Duration = Duration::from_millis(2);
 /// Issue 14's target: the policies add under this much to the send p50.
 const TARGET_SEND_P50_OVERHEAD: f64 = 0.05;
-
-fn plugins_dir() -> PathBuf {
-    let dir = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
-    let dir = dir.join("plugins");
-    assert!(
-        dir.join("consent.wasm").is_file(),
-        "{} has no consent.wasm: run `cargo xtask build-plugins` first",
-        dir.display()
-    );
-    dir
-}
 
 fn ports() -> (u16, u16) {
     let Ok(text) = std::env::var("MXPOLICY_CONDUIT_BENCH_PORTS") else {
@@ -220,16 +207,6 @@ impl Drop for Conduit {
 /// A TOML basic string holding `path`.
 fn toml_string(path: impl AsRef<Path>) -> String {
     Value::String(path.as_ref().display().to_string()).to_string()
-}
-
-/// A client keeping one connection (ureq pools it in the agent); 4xx and 5xx are answers.
-fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .max_idle_connections_per_host(1)
-        .timeout_global(Some(Duration::from_secs(30)))
-        .build()
-        .into()
 }
 
 /// The status and the answer as JSON (or as a string if it is not JSON).
@@ -445,29 +422,15 @@ const OPS: [Op; 2] = [
 /// policies cost without Conduit around them.
 fn in_process_on_send(set_file: &Path, dir: &Path) -> [Run; 2] {
     let set = PolicySet::from_file(set_file).expect("read the policy set");
-    let server_name: OwnedServerName = SERVER_NAME.try_into().expect("server name");
-    fs::create_dir_all(dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
-    let store = SqliteStore::open(dir.join("in-process.db")).expect("open the SQLite store");
-    let host = Host::builder(
-        std::sync::Arc::new(ServiceHomeserver::new(server_name)),
-        std::sync::Arc::new(store),
-    )
-    // The set's own compile cache, filled by the Conduit that ran it.
-    .compile_cache(set_file.with_file_name("cache"))
-    .outbox(true)
-    .timer_actions_unclaimed(true)
-    .build()
-    .expect("build the host");
-    host.apply(&set).expect("apply the set");
     let user = format!("@bench:{SERVER_NAME}");
-    // A set without the consent policy (`MXPOLICY_CONDUIT_BENCH_SET`) has nothing to record.
-    if let Err(e) = host.admin(
-        "consent",
-        "record-consent",
-        &json!({"user": user, "version": "1.0"}),
-    ) {
-        println!("in process: record-consent: {e}");
-    }
+    // The set's own compile cache, filled by the Conduit that ran it.
+    let host = common::service_host(
+        &set,
+        SERVER_NAME,
+        dir,
+        &set_file.with_file_name("cache"),
+        &user,
+    );
     let event: SendEvent = serde_json::from_value(json!({
         "sender": user,
         "room_id": format!("!bench:{SERVER_NAME}"),

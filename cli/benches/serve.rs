@@ -30,9 +30,9 @@ use std::{
     hint::black_box,
     io::{self, Write},
     net::TcpListener,
-    path::{Path, PathBuf},
+    path::Path,
     sync::{
-        Arc, Barrier,
+        Barrier,
         atomic::{AtomicUsize, Ordering},
         mpsc,
     },
@@ -40,11 +40,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use mxpolicy::{
-    init::InitArgs,
-    serve::facts::{Facts, ServiceHomeserver},
-};
-use mxpolicy_host::{Host, PolicySet, SendEvent, SqliteStore, ruma::OwnedServerName};
+mod common;
+
+use common::{agent, plugins_dir};
+use mxpolicy::{init::InitArgs, serve::facts::Facts};
+use mxpolicy_host::{Host, PolicySet, SendEvent};
 use serde_json::{Value, json};
 
 /// The sample set's homeserver and user.
@@ -62,19 +62,6 @@ const PACED_CONNECTIONS: usize = 32;
 const RATES: [f64; 3] = [500.0, 1000.0, 2000.0];
 /// The target of issue 13: p99 over HTTP at concurrency 32.
 const TARGET_P99_US: f64 = 1000.0;
-
-fn plugins_dir() -> PathBuf {
-    let dir = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
-    let dir = dir.join("plugins");
-    assert!(
-        dir.join("consent.wasm").is_file(),
-        "{} has no consent.wasm: run `cargo xtask build-plugins` first",
-        dir.display()
-    );
-    dir
-}
 
 /// A free loopback port: bind port 0 and let it go (another process could take it in
 /// between; the service then fails to bind and says so).
@@ -153,16 +140,6 @@ impl Service {
             .expect("the service thread panicked")
             .expect("the service stopped with an error");
     }
-}
-
-/// A client keeping one connection (ureq pools it in the agent); 4xx and 5xx are answers.
-fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .max_idle_connections_per_host(1)
-        .timeout_global(Some(Duration::from_secs(30)))
-        .build()
-        .into()
 }
 
 fn wait_healthy(agent: &ureq::Agent, base: &str) {
@@ -378,25 +355,7 @@ fn get_runs(base: &str, path: &str, status: u16) -> Vec<Run> {
 
 /// The host the service builds, from the same set, with its own SQLite file.
 fn in_process_host(set: &PolicySet, dir: &Path) -> Host {
-    let server_name: OwnedServerName = SERVER_NAME.try_into().expect("server name");
-    let store = SqliteStore::open(dir.join("in-process.db")).expect("open the SQLite store");
-    let host = Host::builder(
-        Arc::new(ServiceHomeserver::new(server_name)),
-        Arc::new(store),
-    )
-    .compile_cache(dir.join("cache"))
-    .outbox(true)
-    .timer_actions_unclaimed(true)
-    .build()
-    .expect("build the host");
-    host.apply(set).expect("apply the set");
-    host.admin(
-        "consent",
-        "record-consent",
-        &json!({"user": USER, "version": "1.0"}),
-    )
-    .expect("record-consent");
-    host
+    common::service_host(set, SERVER_NAME, dir, &dir.join("cache"), USER)
 }
 
 /// On-send in process from `threads` threads sharing `host`, closed loop or at `rate` calls
