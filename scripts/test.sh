@@ -26,23 +26,15 @@ cargo clippy --target wasm32-unknown-unknown "${wasm_packages[@]}" -- -D warning
 scripts/python-env.sh
 venv="$(realpath -m "${MXPOLICY_VENV:-target/venv}")"
 (cd integrations/e2e && "$venv/bin/mypy" --strict --cache-dir "$OLDPWD/target/mypy-cache" src tests)
-run_pytest() {
-    local status=0
-    "${MXPOLICY_PYTEST:-$venv/bin/pytest}" "$@" || status=$?
-    # 5 is pytest's "no tests collected": a run that tested nothing is a failure here.
-    if [ "$status" -ne 0 ]; then
-        [ "$status" -eq 5 ] && echo "pytest $*: no tests collected" >&2
-        return 1
-    fi
-}
-run_pytest -q -p no:cacheprovider integrations/e2e/tests/test_unit.py
+# scripts/pytest.sh: pytest, with "no tests collected" a failure.
+scripts/pytest.sh "$venv/bin/pytest" -q -p no:cacheprovider integrations/e2e/tests/test_unit.py
 # The Synapse module (integrations/synapse): Synapse's virtualenv (target/synapse-venv, the
 # pinned matrix-synapse from PyPI and the module), strict type checking against the installed
 # Synapse, and the module's unit tests (no running Synapse).
 scripts/synapse-env.sh
 synapse_venv="$(realpath -m "${MXPOLICY_SYNAPSE_VENV:-target/synapse-venv}")"
 (cd integrations/synapse && "$synapse_venv/bin/mypy" --strict --cache-dir "$OLDPWD/target/mypy-cache-synapse" src tests)
-MXPOLICY_PYTEST="$synapse_venv/bin/pytest" run_pytest -q -p no:cacheprovider integrations/synapse/tests/test_unit.py
+scripts/pytest.sh "$synapse_venv/bin/pytest" -q -p no:cacheprovider integrations/synapse/tests/test_unit.py
 
 # PostgreSQL for the PostgreSQL store's tests: a throwaway server on loopback, unless
 # MXPOLICY_TEST_POSTGRES already names one. Without PostgreSQL installed those tests say they

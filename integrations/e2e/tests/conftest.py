@@ -21,11 +21,10 @@ def pytest_runtest_makereport(item: pytest.Item,
                                                                         pytest.TestReport]:
     report = yield
     if report.when == "call" and report.failed:
+        # The story's `log_tail` is its homeserver's (Synapse's adds the service's).
         story = getattr(item, "funcargs", {}).get("story")
-        # Conduit's story names its server; Synapse's story reports both of its processes.
-        server = getattr(story, "conduit", None) or story
-        if server is not None and hasattr(server, "log_tail") and hasattr(server, "log_path"):
-            report.sections.append((f"last lines of {server.log_path}", server.log_tail(30)))
+        if story is not None and hasattr(story, "log_tail") and hasattr(story, "log_path"):
+            report.sections.append((f"last lines of {story.log_path}", story.log_tail(30)))
     return report
 
 

@@ -9,7 +9,8 @@ step fails), ``MXPOLICY_CONDUIT_PORT`` (6167), ``MXPOLICY_BIN``, ``MXPOLICY_PLUG
 ``MXPOLICY_ARTIFACTS`` (screenshots go to its ``conduit/``), ``MXPOLICY_E2E_WORK`` (the work
 folder; default a new temporary one), ``MXPOLICY_E2E_GRACE_MS`` (45000: the erasure's grace
 period, which must end after the restart of step e), ``MXPOLICY_E2E_DEADLINE_MS`` (500: each
-plugin's per-call deadline, instead of the host's default 10 ms, see ``DEADLINE_MS``).
+plugin's per-call deadline, instead of the host's default 10 ms, see
+``mxpolicy_e2e.story.DEADLINE_MS``).
 
 Steps marked CONTRACT check what Conduit is to carry out from the policies' actions (server
 notices, media deletion, room purge).
@@ -19,139 +20,56 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
 
 import httpx
 import pytest
 
-from mxpolicy_e2e import browser, images, paths, report
+from mxpolicy_e2e import images, paths
 from mxpolicy_e2e.conduit import SERVER_USER, Conduit
 from mxpolicy_e2e.consent import ConsentLink, accept_over_http, consent_link_of
 from mxpolicy_e2e.matrix import JsonObject, MatrixClient, MatrixError, room_state_events, \
     timeline_events
-from mxpolicy_e2e.policy_set import PolicySet, create_sample
 from mxpolicy_e2e.sqlite_ro import kv_count_containing, kv_has_key
+from mxpolicy_e2e.story import AFTER_GRACE_S, Story, announce, browser_accepts, \
+    consent_page, consent_refusal, consenting, first_event_after_consent, poll, refusal, \
+    sample_policy_set, work_dir
 
 PORT = int(os.environ.get("MXPOLICY_CONDUIT_PORT", "6167"))
 GRACE_MS = int(os.environ.get("MXPOLICY_E2E_GRACE_MS", "45000"))
-#: Each plugin's per-call deadline: 500 ms by default, not the host's 10 ms: the Conduit under test is a debug build (the host
-#: and wasmtime unoptimised around the compiled plugins) on a 2-core CI machine that is
-#: building and testing meanwhile; a timed-out call fails closed (a 500 on a send or on the
-#: consent page), which would make the story flaky without testing anything it is about.
-DEADLINE_MS = (int(os.environ["MXPOLICY_E2E_DEADLINE_MS"])
-               if os.environ.get("MXPOLICY_E2E_DEADLINE_MS") else 500)
-#: How long after the grace period's end the purge and the deletion may take.
-AFTER_GRACE_S = 30.0
-NOTICE_BODY = "Please review and accept our privacy policy: {consent_uri}"
 SECRET = "my secret, before erasure"
 LONELY = "lonely secret"
 #: A 64x64 PNG, unique to this run (its file on disk is named by its hash).
 PNG = images.png(64, 64, seed=int(time.time()) % 251)
 
-T = TypeVar("T")
-
-
-@dataclass
-class Story:
-    """What the steps leave for the next ones."""
-
-    conduit: Conduit
-    policy_set: PolicySet
-    artifacts: Path
-    anonymous: MatrixClient
-    clients: list[MatrixClient] = field(default_factory=list)
-    values: dict[str, Any] = field(default_factory=dict)
-
-    def client(self) -> MatrixClient:
-        c = MatrixClient(self.conduit.base_url)
-        self.clients.append(c)
-        return c
-
-    def put(self, key: str, value: Any) -> None:
-        self.values[key] = value
-
-    def get(self, key: str, kind: type[T]) -> T:
-        if key not in self.values:
-            pytest.fail(f"an earlier step did not complete: it should have left {key!r}")
-        value = self.values[key]
-        assert isinstance(value, kind)
-        return value
+ConduitStory = Story[Conduit]
 
 
 @pytest.fixture(scope="module")
-def story(request: pytest.FixtureRequest) -> Iterator[Story]:
+def story(request: pytest.FixtureRequest) -> Iterator[ConduitStory]:
     binary = os.environ.get("MXPOLICY_CONDUIT_BIN", "")
     if not binary:
         pytest.fail("MXPOLICY_CONDUIT_BIN is not set: it must name the patched conduit binary "
                     "(scripts/conduit.sh builds it and sets it)", pytrace=False)
     if not os.access(binary, os.X_OK):
         pytest.fail(f"MXPOLICY_CONDUIT_BIN={binary} is not an executable file", pytrace=False)
-    work = Path(os.environ.get("MXPOLICY_E2E_WORK") or tempfile.mkdtemp(prefix="mxpolicy-e2e-"))
-    if work.exists() and any(work.iterdir()):
-        pytest.fail(f"MXPOLICY_E2E_WORK={work} is not empty", pytrace=False)
-    work.mkdir(parents=True, exist_ok=True)
-    policy_set = create_sample(paths.mxpolicy_bin(), work / "set", port=PORT,
-                               plugins=paths.plugins_dir())
-    policy_set.set_grace_period(GRACE_MS)
-    policy_set.set_server_notice(NOTICE_BODY)
-    policy_set.set_deadline(DEADLINE_MS)
+    work = work_dir("mxpolicy-e2e-")
+    policy_set = sample_policy_set(work / "set", PORT, GRACE_MS)
     conduit = Conduit(Path(binary).resolve(), work, PORT, policy_set)
     artifacts = paths.artifacts_dir("conduit")
-    for line in (f"Conduit work folder: {work}", f"Conduit log: {conduit.log_path}",
-                 f"Conduit screenshots: {artifacts}"):
-        print(line)
-        report.note(request.config, line)
+    announce(request.config, f"Conduit work folder: {work}", f"Conduit log: {conduit.log_path}",
+             f"Conduit screenshots: {artifacts}")
     waited = conduit.start()
     print(f"Conduit answered after {waited:.1f} s")
-    s = Story(conduit, policy_set, artifacts, MatrixClient(conduit.base_url))
-    s.clients.append(s.anonymous)
+    s = Story(server=conduit, policy_set=policy_set, artifacts=artifacts, grace_ms=GRACE_MS)
     try:
         yield s
     finally:
-        for c in s.clients:
-            c.close()
+        s.close()
         code = conduit.stop()
         print(f"\nConduit stopped (status {code}); log: {conduit.log_path}")
-
-
-def refusal(call: Callable[[], object]) -> MatrixError:
-    """The `MatrixError` a call must raise."""
-    try:
-        result = call()
-    except MatrixError as e:
-        return e
-    pytest.fail(f"expected a refusal, got {result!r}")
-
-
-def consenting(story: Story, client: MatrixClient, call: Callable[[], T]) -> T:
-    """`call`; if refused for want of consent, accept the linked version and call again."""
-    try:
-        return call()
-    except MatrixError as e:
-        if e.errcode != "M_CONSENT_NOT_GIVEN":
-            raise
-        accept_over_http(consent_link_of(e))
-        return call()
-
-
-def poll(what: str, timeout_s: float, check: Callable[[], T | None],
-         interval_s: float = 0.5) -> T:
-    """`check()` until it returns a value other than None, for at most `timeout_s` (at least
-    one call, even if `timeout_s` has already run out)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = check()
-        if value is not None:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what}: not within the time allowed ({timeout_s:.0f} s from the "
-                        "start of this wait)")
-        time.sleep(interval_s)
 
 
 def alice_messages(events: list[JsonObject]) -> list[JsonObject]:
@@ -164,35 +82,24 @@ def sync_timeline(client: MatrixClient, room_id: str) -> list[JsonObject]:
     return timeline_events(answer, room_id)
 
 
-def assert_png(path: Path) -> None:
-    data = path.read_bytes()
-    assert len(data) > 100 and data.startswith(browser.PNG_SIGNATURE), f"{path} is not a PNG"
-
-
 # --- a. a new user is refused at her first event, and notified ------------------------------
 
 
-def test_a1_first_event_refused_with_consent_uri(story: Story) -> None:
-    alice = story.client()
-    alice.register("alice", "correct horse")
-    story.put("alice", alice)
-    error = refusal(lambda: alice.create_room(name="before consent"))
-    assert (error.status, error.errcode) == (403, "M_CONSENT_NOT_GIVEN"), error
+def test_a1_first_event_refused_with_consent_uri(story: ConduitStory) -> None:
+    alice = story.new_user("alice", "correct horse")
+    error = consent_refusal(lambda: alice.create_room(name="before consent"))
     link = consent_link_of(error)
-    assert link.uri.startswith(f"{story.conduit.base_url}/_mxpolicy/consent/?"), link.uri
+    assert link.uri.startswith(f"{story.server.base_url}/_mxpolicy/consent/?"), link.uri
     assert (link.user, link.version) == ("@alice:localhost", "1.0")
     story.put("alice_link", link)
 
-    page = httpx.get(link.uri, timeout=30)
-    assert page.status_code == 200
-    assert page.headers["content-type"].startswith("text/html")
+    page = consent_page(link.uri)
     # The page's own CSP, not Conduit's blanket `sandbox` one (which forbids the form).
     csp = page.headers.get("content-security-policy", "")
-    assert "frame-ancestors 'none'" in csp and "sandbox" not in csp, csp
-    assert '<form method="post"' in page.text
+    assert "sandbox" not in csp, csp
 
 
-def test_a2_server_notice_with_the_link_reaches_her(story: Story) -> None:
+def test_a2_server_notice_with_the_link_reaches_her(story: ConduitStory) -> None:
     """@conduit:localhost creates a room named "Server Notices", joins alice to it (she takes
     no step: the server invites her and joins her itself, as Conduit does with its first user
     in the admin room) and sends an m.server_notice whose body holds the consent_uri; she
@@ -238,44 +145,22 @@ def test_a2_server_notice_with_the_link_reaches_her(story: Story) -> None:
 # --- b. she accepts in a browser; her first event now succeeds --------------------------------
 
 
-def test_b1_browser_accepts(story: Story) -> None:
-    link = story.get("alice_link", ConsentLink)
-    print(f"\nscreenshots: {story.artifacts}")
-    result = browser.accept_consent(link.uri, story.artifacts, prefix="alice-consent")
-    assert result.before == story.artifacts / "alice-consent-page.png"
-    assert result.after == story.artifacts / "alice-consent-accepted.png"
-    assert_png(result.before)
-    assert_png(result.after)
-    assert result.text.startswith("You (@alice:localhost) accepted the Privacy Policy "
-                                  "(version 1.0) on "), result.text
-    story.put("alice_accepted_in_browser", True)
+def test_b1_browser_accepts(story: ConduitStory) -> None:
+    browser_accepts(story)
 
 
-def test_b2_first_event_now_succeeds(story: Story) -> None:
-    """The createRoom refused in a1 now succeeds, and she sends a message. If b1 failed, she
-    accepts over HTTP so that the story goes on, and this step fails saying so."""
-    alice = story.get("alice", MatrixClient)
-    in_browser = "alice_accepted_in_browser" in story.values
-    if not in_browser:
-        accept_over_http(story.get("alice_link", ConsentLink))
-    room_id = alice.create_room(name="after consent", preset="public_chat")
-    alice.send_text(room_id, "hello")
-    story.put("room", room_id)
-    if not in_browser:
-        pytest.fail("step b1 (the browser) failed: alice accepted over HTTP instead")
+def test_b2_first_event_now_succeeds(story: ConduitStory) -> None:
+    first_event_after_consent(story)
 
 
 # --- c. a conversation, an image, an erasure ----------------------------------------------------
 
 
-def test_c1_conversation_and_image(story: Story) -> None:
+def test_c1_conversation_and_image(story: ConduitStory) -> None:
     alice = story.get("alice", MatrixClient)
     room_id = story.get("room", str)
-    bob = story.client()
-    bob.register("bob", "bob password")
-    story.put("bob", bob)
-    error = refusal(lambda: bob.join(room_id))
-    assert (error.status, error.errcode) == (403, "M_CONSENT_NOT_GIVEN"), error
+    bob = story.new_user("bob", "bob password")
+    error = consent_refusal(lambda: bob.join(room_id))
     assert accept_over_http(consent_link_of(error)).startswith("You (@bob:localhost) accepted")
     assert bob.join(room_id) == room_id
     bob.send_text(room_id, "hi alice")
@@ -296,7 +181,7 @@ def test_c1_conversation_and_image(story: Story) -> None:
     missing = f"mxc://localhost/doesnotexist{int(time.time())}"
     legacy, not_found = bob.download(mxc, version="v3"), bob.download(missing, version="v3")
     assert (legacy.status_code, legacy.content) == (not_found.status_code, not_found.content)
-    media_file = story.conduit.media_file(hashlib.sha256(PNG).hexdigest())
+    media_file = story.server.media_file(hashlib.sha256(PNG).hexdigest())
     assert media_file.is_file() and media_file.read_bytes() == PNG, (
         f"the image is not where Conduit keeps media files: {media_file}")
     story.put("media_file", media_file)
@@ -307,18 +192,18 @@ def test_c1_conversation_and_image(story: Story) -> None:
         "type": "m.room.history_visibility", "state_key": "",
         "content": {"history_visibility": "world_readable"}}])
     lonely_id = alice.send_text(lonely, LONELY)
-    assert kv_has_key(story.conduit.sqlite_path, "eventid_pduid", lonely_id.encode()), (
+    assert kv_has_key(story.server.sqlite_path, "eventid_pduid", lonely_id.encode()), (
         "the lonely message is not in Conduit's eventid_pduid table")
     # What step e4 expects gone is there now.
-    assert kv_count_containing(story.conduit.sqlite_path, "pduid_pdu", "value",
+    assert kv_count_containing(story.server.sqlite_path, "pduid_pdu", "value",
                                LONELY.encode()) == 1, "the lonely message's text is not stored"
-    assert kv_count_containing(story.conduit.sqlite_path, "tokenids", "key", b"lonely") >= 1, (
+    assert kv_count_containing(story.server.sqlite_path, "tokenids", "key", b"lonely") >= 1, (
         "the lonely message's words are not in Conduit's search index")
     story.put("lonely_room", lonely)
     story.put("lonely_id", lonely_id)
 
 
-def test_c2_alice_deactivates_with_erase(story: Story) -> None:
+def test_c2_alice_deactivates_with_erase(story: ConduitStory) -> None:
     alice = story.get("alice", MatrixClient)
     story.get("lonely_id", str)
     alice.deactivate(erase=True)
@@ -327,7 +212,7 @@ def test_c2_alice_deactivates_with_erase(story: Story) -> None:
     assert error.status == 401, "her token should be gone"
 
 
-def test_c3_bob_still_sees_her_messages_whole(story: Story) -> None:
+def test_c3_bob_still_sees_her_messages_whole(story: ConduitStory) -> None:
     bob = story.get("bob", MatrixClient)
     room_id = story.get("room", str)
     mxc = story.get("mxc", str)
@@ -340,7 +225,7 @@ def test_c3_bob_still_sees_her_messages_whole(story: Story) -> None:
     assert SECRET in [e["content"].get("body") for e in timeline]
 
 
-def check_carol_sees_redacted(story: Story) -> None:
+def check_carol_sees_redacted(story: ConduitStory) -> None:
     carol = story.get("carol", MatrixClient)
     room_id = story.get("room", str)
     secret_id = story.get("secret_id", str)
@@ -365,12 +250,10 @@ def check_carol_sees_redacted(story: Story) -> None:
     assert_redacted("/sync", sync_timeline(carol, room_id), 1)
 
 
-def test_c4_carol_joins_later_and_sees_her_messages_redacted(story: Story) -> None:
+def test_c4_carol_joins_later_and_sees_her_messages_redacted(story: ConduitStory) -> None:
     room_id = story.get("room", str)
-    carol = story.client()
-    carol.register("carol", "carol password")
-    story.put("carol", carol)
-    assert consenting(story, carol, lambda: carol.join(room_id)) == room_id
+    carol = story.new_user("carol", "carol password")
+    assert consenting(carol, lambda: carol.join(room_id)) == room_id
     check_carol_sees_redacted(story)
     # The lonely room is world-readable: before the purge, its message is there for carol
     # (redacted), without joining. Step e4 shows it gone.
@@ -379,7 +262,7 @@ def test_c4_carol_joins_later_and_sees_her_messages_redacted(story: Story) -> No
     assert lonely["event_id"] == lonely_id and "body" not in lonely["content"], lonely
 
 
-def check_image_refused(story: Story) -> None:
+def check_image_refused(story: ConduitStory) -> None:
     """Every fetch of alice's image is answered exactly as the same fetch of an mxc that does
     not exist: status and body."""
     mxc = story.get("mxc", str)
@@ -403,14 +286,14 @@ def check_image_refused(story: Story) -> None:
                 assert answer.json()["errcode"] == "M_NOT_FOUND"
 
 
-def test_c5_the_image_is_refused_like_missing_media(story: Story) -> None:
+def test_c5_the_image_is_refused_like_missing_media(story: ConduitStory) -> None:
     check_image_refused(story)
 
 
 # --- d. a new policy version while Conduit runs ----------------------------------------------------
 
 
-def test_d_new_consent_version_applies_while_running(story: Story) -> None:
+def test_d_new_consent_version_applies_while_running(story: ConduitStory) -> None:
     bob = story.get("bob", MatrixClient)
     room_id = story.get("room", str)
     bob.send_text(room_id, "still allowed under 1.0")
@@ -437,18 +320,14 @@ def test_d_new_consent_version_applies_while_running(story: Story) -> None:
 # --- e. a restart; the grace period ends ---------------------------------------------------------
 
 
-def grace_end(story: Story) -> float:
-    return story.get("deactivated_at", float) + GRACE_MS / 1000
-
-
-def test_e1_restart_keeps_consent_and_erasure(story: Story) -> None:
+def test_e1_restart_keeps_consent_and_erasure(story: ConduitStory) -> None:
     bob = story.get("bob", MatrixClient)
     room_id = story.get("room", str)
     story.get("bob_accepted_2", bool)
-    waited = story.conduit.restart()
+    waited = story.server.restart()
     print(f"\nConduit restarted in {waited:.1f} s; the grace period ends in "
-          f"{grace_end(story) - time.time():.1f} s")
-    assert time.time() < grace_end(story), (
+          f"{story.grace_end() - time.time():.1f} s")
+    assert time.time() < story.grace_end(), (
         f"the grace period ({GRACE_MS} ms) ended before Conduit was back: raise "
         "MXPOLICY_E2E_GRACE_MS so that the timers fire after the restart")
     bob.send_text(room_id, "after the restart")
@@ -456,24 +335,23 @@ def test_e1_restart_keeps_consent_and_erasure(story: Story) -> None:
     check_image_refused(story)
 
 
-def log_after_restart(story: Story) -> str:
+def log_after_restart(story: ConduitStory) -> str:
     marker = "===== mxpolicy-e2e: start conduit, run 2 ====="
-    text = story.conduit.log_text()
+    text = story.server.log_text()
     assert marker in text, "step e1 did not restart Conduit"
     return text.split(marker, 1)[1]
 
 
-def test_e2_grace_period_ends_after_the_restart(story: Story) -> None:
+def test_e2_grace_period_ends_after_the_restart(story: ConduitStory) -> None:
     """The erasure's and media policy's timers fire in the restarted Conduit; carol's view
     and the refusal of the image are unchanged."""
-    deadline = grace_end(story) + AFTER_GRACE_S - time.time()
 
     def fired() -> bool | None:
         log = log_after_restart(story)
         ok = all(f"of {instance} fired" in log for instance in ("erasure", "media"))
         return True if ok else None
 
-    poll("the erasure's and media's grace-period timers fire", max(deadline, 1), fired)
+    poll("the erasure's and media's grace-period timers fire", story.after_grace_s(), fired)
     lines = [line for line in log_after_restart(story).splitlines() if " fired (" in line]
     print("\n" + "\n".join(lines))
     for instance in ("erasure", "media"):
@@ -483,17 +361,16 @@ def test_e2_grace_period_ends_after_the_restart(story: Story) -> None:
     check_image_refused(story)
 
 
-def test_e3_media_file_deleted_at_grace_end(story: Story) -> None:
+def test_e3_media_file_deleted_at_grace_end(story: ConduitStory) -> None:
     """CONTRACT: at the grace period's end Conduit deletes the image's file."""
     media_file = story.get("media_file", Path)
-    deadline = grace_end(story) + AFTER_GRACE_S - time.time()
     poll(f"{media_file} deleted by the grace period's end + {AFTER_GRACE_S:.0f} s",
-         max(deadline, 1),
+         story.after_grace_s(),
          lambda: True if not media_file.exists() else None)
     check_image_refused(story)
 
 
-def test_e4_room_only_alice_joined_is_purged(story: Story) -> None:
+def test_e4_room_only_alice_joined_is_purged(story: ConduitStory) -> None:
     """At the grace period's end Conduit purges the room only alice ever joined: its message
     is gone from the database (the event, its text, its words in the search index) and from
     what anyone is served. Nobody can join the room any more to look (no local member is left,
@@ -502,10 +379,9 @@ def test_e4_room_only_alice_joined_is_purged(story: Story) -> None:
     lonely_room = story.get("lonely_room", str)
     lonely_id = story.get("lonely_id", str)
     carol = story.get("carol", MatrixClient)
-    db = story.conduit.sqlite_path
-    deadline = grace_end(story) + AFTER_GRACE_S - time.time()
+    db = story.server.sqlite_path
     poll(f"{lonely_id} gone from eventid_pduid by the grace period's end + {AFTER_GRACE_S:.0f} s",
-         max(deadline, 1),
+         story.after_grace_s(),
          lambda: True if not kv_has_key(db, "eventid_pduid", lonely_id.encode()) else None)
     assert kv_count_containing(db, "pduid_pdu", "value", LONELY.encode()) == 0, (
         "the lonely message's text is still in Conduit's pduid_pdu table")

@@ -14,86 +14,46 @@ module, made by scripts/synapse-env.sh), ``MXPOLICY_SYNAPSE_PORT`` (8448),
 from __future__ import annotations
 
 import os
-import tempfile
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, TypeVar
+from collections.abc import Iterator
+from dataclasses import dataclass
 
-import httpx
 import pytest
 
-from mxpolicy_e2e import browser, images, paths, report
+from mxpolicy_e2e import images, paths, report
 from mxpolicy_e2e.consent import ConsentLink, accept_over_http, consent_link_of
-from mxpolicy_e2e.matrix import JsonObject, MatrixClient, MatrixError, mxc_parts, q, \
-    timeline_events
-from mxpolicy_e2e.policy_set import PolicySet, create_sample, set_toml_key, toml_string
+from mxpolicy_e2e.matrix import JsonObject, MatrixClient, mxc_parts, q, timeline_events
+from mxpolicy_e2e.policy_set import set_toml_key, toml_string
 from mxpolicy_e2e.service import MxpolicyService
+from mxpolicy_e2e.story import AFTER_GRACE_S, Story, announce, browser_accepts, \
+    consent_page, consent_refusal, consenting, first_event_after_consent, poll, refusal, \
+    sample_policy_set, work_dir
 from mxpolicy_e2e.synapse import NOTICES_ROOM_NAME, SERVER_USER, Synapse
 
 PORT = int(os.environ.get("MXPOLICY_SYNAPSE_PORT", "8448"))
 SERVE_PORT = int(os.environ.get("MXPOLICY_SERVE_PORT", "8481"))
 GRACE_MS = int(os.environ.get("MXPOLICY_E2E_GRACE_MS", "40000"))
-#: Each plugin's per-call deadline (a debug `mxpolicy` on a busy 2-core machine; see
-#: test_conduit.py).
-DEADLINE_MS = int(os.environ.get("MXPOLICY_E2E_DEADLINE_MS") or "500")
-AFTER_GRACE_S = 30.0
-NOTICE_BODY = "Please review and accept our privacy policy: {consent_uri}"
 LONELY = "lonely secret"
 PNG = images.png(64, 64, seed=int(time.time()) % 251 + 3)
 
-T = TypeVar("T")
 
+@dataclass(kw_only=True)
+class SynapseStory(Story[Synapse]):
+    """The story, with the `mxpolicy serve` Synapse's module talks to."""
 
-@dataclass
-class Story:
-    synapse: Synapse
     service: MxpolicyService
-    policy_set: PolicySet
-    artifacts: Path
-    anonymous: MatrixClient
-    clients: list[MatrixClient] = field(default_factory=list)
-    values: dict[str, Any] = field(default_factory=dict)
-
-    def client(self) -> MatrixClient:
-        c = MatrixClient(self.synapse.base_url)
-        self.clients.append(c)
-        return c
-
-    def put(self, key: str, value: Any) -> None:
-        self.values[key] = value
-
-    def get(self, key: str, kind: type[T]) -> T:
-        if key not in self.values:
-            pytest.fail(f"an earlier step did not complete: it should have left {key!r}")
-        value = self.values[key]
-        assert isinstance(value, kind)
-        return value
-
-    @property
-    def log_path(self) -> Path:
-        """For conftest's report section: Synapse's log."""
-        return self.synapse.log_path
 
     def log_tail(self, lines: int = 30) -> str:
-        return (self.synapse.log_tail(lines) + f"\n--- last lines of {self.service.log_path} "
+        return (super().log_tail(lines) + f"\n--- last lines of {self.service.log_path} "
                 "---\n" + self.service.log_tail(lines))
 
 
 @pytest.fixture(scope="module")
-def story(request: pytest.FixtureRequest) -> Iterator[Story]:
-    work = Path(os.environ.get("MXPOLICY_E2E_WORK") or tempfile.mkdtemp(prefix="mxpolicy-syn-"))
-    if work.exists() and any(work.iterdir()):
-        pytest.fail(f"MXPOLICY_E2E_WORK={work} is not empty", pytrace=False)
-    work.mkdir(parents=True, exist_ok=True)
-    binary = paths.mxpolicy_bin()
-    policy_set = create_sample(binary, work / "set", port=SERVE_PORT,
-                               plugins=paths.plugins_dir())
-    policy_set.set_grace_period(GRACE_MS)
-    policy_set.set_server_notice(NOTICE_BODY)
-    policy_set.set_deadline(DEADLINE_MS)
-    service = MxpolicyService(binary, policy_set, SERVE_PORT, work / "mxpolicy-serve.log")
+def story(request: pytest.FixtureRequest) -> Iterator[SynapseStory]:
+    work = work_dir("mxpolicy-syn-")
+    policy_set = sample_policy_set(work / "set", SERVE_PORT, GRACE_MS)
+    service = MxpolicyService(paths.mxpolicy_bin(), policy_set, SERVE_PORT,
+                              work / "mxpolicy-serve.log")
     synapse = Synapse(work / "synapse", PORT, service_url=service.base_url,
                       api_secret_file=service.secret_file)
     # The consent links are on Synapse's public URL; the module proxies them to the service.
@@ -102,10 +62,8 @@ def story(request: pytest.FixtureRequest) -> Iterator[Story]:
     # Timer calls (the erasure's room purge) ask Synapse for the facts.
     set_toml_key(policy_set.path, "service", "facts_url", toml_string(synapse.facts_url))
     artifacts = paths.artifacts_dir("synapse")
-    for line in (f"Synapse work folder: {work}", f"Synapse log: {synapse.log_path}",
-                 f"mxpolicy serve log: {service.log_path}", f"Synapse screenshots: {artifacts}"):
-        print(line)
-        report.note(request.config, line)
+    announce(request.config, f"Synapse work folder: {work}", f"Synapse log: {synapse.log_path}",
+             f"mxpolicy serve log: {service.log_path}", f"Synapse screenshots: {artifacts}")
     started = time.monotonic()
     service.start()
     print(f"mxpolicy serve answered after {time.monotonic() - started:.1f} s")
@@ -115,40 +73,14 @@ def story(request: pytest.FixtureRequest) -> Iterator[Story]:
     report.note(request.config, f"Synapse start: {waited:.1f} s")
     admin = synapse.register_admin("admin", "admin password")
     synapse.admin_token_file.write_text(str(admin["access_token"]) + "\n")
-    s = Story(synapse, service, policy_set, artifacts, MatrixClient(synapse.base_url))
-    s.clients.append(s.anonymous)
+    s = SynapseStory(server=synapse, service=service, policy_set=policy_set,
+                     artifacts=artifacts, grace_ms=GRACE_MS)
     try:
         yield s
     finally:
-        for c in s.clients:
-            c.close()
+        s.close()
         print(f"\nSynapse stopped (status {synapse.stop()}); mxpolicy serve stopped (status "
               f"{service.stop()})")
-
-
-def refusal(call: Callable[[], object]) -> MatrixError:
-    try:
-        result = call()
-    except MatrixError as e:
-        return e
-    pytest.fail(f"expected a refusal, got {result!r}")
-
-
-def poll(what: str, timeout_s: float, check: Callable[[], T | None],
-         interval_s: float = 0.5) -> T:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = check()
-        if value is not None:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what}: not within {timeout_s:.0f} s")
-        time.sleep(interval_s)
-
-
-def assert_png(path: Path) -> None:
-    data = path.read_bytes()
-    assert len(data) > 100 and data.startswith(browser.PNG_SIGNATURE), f"{path} is not a PNG"
 
 
 class NoticeWatcher:
@@ -183,27 +115,20 @@ class NoticeWatcher:
 # --- a. a user who has not consented is refused, with a link on Synapse's URL, and notified ---
 
 
-def test_a1_send_refused_with_consent_uri_on_synapse(story: Story) -> None:
-    alice = story.client()
-    alice.register("alice", "correct horse")
-    story.put("alice", alice)
-    error = refusal(lambda: alice.create_room(name="before consent"))
-    assert (error.status, error.errcode) == (403, "M_CONSENT_NOT_GIVEN"), error
+def test_a1_send_refused_with_consent_uri_on_synapse(story: SynapseStory) -> None:
+    alice = story.new_user("alice", "correct horse")
+    error = consent_refusal(lambda: alice.create_room(name="before consent"))
     assert "probable spam" not in error.text and "not allowed in this context" not in error.text
     link = consent_link_of(error)
-    assert link.uri.startswith(f"{story.synapse.base_url}/_synapse/client/mxpolicy/_mxpolicy/"
+    assert link.uri.startswith(f"{story.server.base_url}/_synapse/client/mxpolicy/_mxpolicy/"
                                "consent/?"), link.uri
     assert link.uri in str(error.body.get("error")), "the message holds the link"
     assert (link.user, link.version) == ("@alice:localhost", "1.0")
     story.put("alice_link", link)
-    page = httpx.get(link.uri, timeout=30)
-    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
-    assert '<form method="post"' in page.text
-    csp = page.headers.get("content-security-policy", "")
-    assert "frame-ancestors 'none'" in csp, csp
+    consent_page(link.uri)
 
 
-def test_a2_server_notice_with_the_link(story: Story) -> None:
+def test_a2_server_notice_with_the_link(story: SynapseStory) -> None:
     alice = story.get("alice", MatrixClient)
     link = story.get("alice_link", ConsentLink)
     watcher = NoticeWatcher(alice)
@@ -219,33 +144,18 @@ def test_a2_server_notice_with_the_link(story: Story) -> None:
 # --- b. consent in the browser; the send succeeds ---------------------------------------------
 
 
-def test_b1_browser_accepts(story: Story) -> None:
-    link = story.get("alice_link", ConsentLink)
-    print(f"\nscreenshots: {story.artifacts}")
-    result = browser.accept_consent(link.uri, story.artifacts, prefix="alice-consent")
-    assert_png(result.before)
-    assert_png(result.after)
-    assert result.text.startswith("You (@alice:localhost) accepted the Privacy Policy "
-                                  "(version 1.0) on "), result.text
-    story.put("alice_accepted_in_browser", True)
+def test_b1_browser_accepts(story: SynapseStory) -> None:
+    browser_accepts(story)
 
 
-def test_b2_send_now_succeeds(story: Story) -> None:
-    alice = story.get("alice", MatrixClient)
-    in_browser = "alice_accepted_in_browser" in story.values
-    if not in_browser:
-        accept_over_http(story.get("alice_link", ConsentLink))
-    room_id = alice.create_room(name="after consent", preset="public_chat")
-    alice.send_text(room_id, "hello")
-    story.put("room", room_id)
-    if not in_browser:
-        pytest.fail("step b1 (the browser) failed: alice accepted over HTTP instead")
+def test_b2_send_now_succeeds(story: SynapseStory) -> None:
+    first_event_after_consent(story)
 
 
 # --- c. a new policy version while both run ---------------------------------------------------
 
 
-def test_c_new_version_applies_while_running(story: Story) -> None:
+def test_c_new_version_applies_while_running(story: SynapseStory) -> None:
     alice = story.get("alice", MatrixClient)
     room_id = story.get("room", str)
     watcher = story.get("alice_notices", NoticeWatcher)
@@ -255,8 +165,7 @@ def test_c_new_version_applies_while_running(story: Story) -> None:
     story.policy_set.set_consent_version("2.0")
     story.service.wait_generation_change(generation)
 
-    error = refusal(lambda: alice.send_text(room_id, "under 2.0?"))
-    assert (error.status, error.errcode) == (403, "M_CONSENT_NOT_GIVEN"), error
+    error = consent_refusal(lambda: alice.send_text(room_id, "under 2.0?"))
     link = consent_link_of(error)
     assert link.version == "2.0" and link.uri != story.get("alice_link", ConsentLink).uri
     watcher.wait_for(link.uri)
@@ -272,7 +181,7 @@ def test_c_new_version_applies_while_running(story: Story) -> None:
 # --- d. the service restarts; the consent to 2.0 survives -----------------------------------
 
 
-def test_d_consent_survives_a_service_restart(story: Story) -> None:
+def test_d_consent_survives_a_service_restart(story: SynapseStory) -> None:
     alice = story.get("alice", MatrixClient)
     room_id = story.get("room", str)
     link = story.get("alice_link_2", ConsentLink)
@@ -286,22 +195,10 @@ def test_d_consent_survives_a_service_restart(story: Story) -> None:
 # --- e. media, erasure, grace period ----------------------------------------------------------
 
 
-def consenting(client: MatrixClient, call: Callable[[], T]) -> T:
-    try:
-        return call()
-    except MatrixError as e:
-        if e.errcode != "M_CONSENT_NOT_GIVEN":
-            raise
-        accept_over_http(consent_link_of(e))
-        return call()
-
-
-def test_e1_media_posted_then_erased(story: Story) -> None:
+def test_e1_media_posted_then_erased(story: SynapseStory) -> None:
     alice = story.get("alice", MatrixClient)
     room_id = story.get("room", str)
-    bob = story.client()
-    bob.register("bob", "bob password")
-    story.put("bob", bob)
+    bob = story.new_user("bob", "bob password")
     assert consenting(bob, lambda: bob.join(room_id)) == room_id
     mxc = alice.upload(PNG, content_type="image/png", filename="pixel.png")
     assert mxc.startswith("mxc://localhost/")
@@ -311,14 +208,14 @@ def test_e1_media_posted_then_erased(story: Story) -> None:
     answer = bob.download(mxc, version="v1")
     assert (answer.status_code, answer.content) == (200, PNG), "bob downloads before erasure"
     media_id = mxc_parts(mxc)[1]
-    assert story.synapse.media_file(media_id).is_file(), story.synapse.media_file(media_id)
-    info = story.synapse.admin("GET", f"/_synapse/admin/v1/media/localhost/{q(media_id)}")
+    assert story.server.media_file(media_id).is_file(), story.server.media_file(media_id)
+    info = story.server.admin("GET", f"/_synapse/admin/v1/media/localhost/{q(media_id)}")
     assert info.status_code == 200, info.text
     # A room only alice ever joins.
     lonely = alice.create_room(name="lonely", preset="private_chat")
     alice.send_text(lonely, LONELY)
     story.put("lonely_room", lonely)
-    assert story.synapse.admin("GET", f"/_synapse/admin/v1/rooms/{q(lonely)}").status_code == 200
+    assert story.server.admin("GET", f"/_synapse/admin/v1/rooms/{q(lonely)}").status_code == 200
 
     alice.deactivate(erase=True)
     story.put("deactivated_at", time.time())
@@ -331,50 +228,42 @@ def test_e1_media_posted_then_erased(story: Story) -> None:
             refused.status_code == 404, f"{who.who}: {refused.status_code} {refused.text}"
     answer = bob.download(mxc, version="v1")
     assert answer.status_code == 404 and answer.json()["errcode"] == "M_NOT_FOUND", answer.text
-    info = story.synapse.admin("GET", f"/_synapse/admin/v1/media/localhost/{q(media_id)}")
+    info = story.server.admin("GET", f"/_synapse/admin/v1/media/localhost/{q(media_id)}")
     assert info.status_code == 200, info.text
     assert info.json()["media_info"]["quarantined_by"] == "@admin:localhost", info.text
 
 
-def grace_end(story: Story) -> float:
-    return story.get("deactivated_at", float) + GRACE_MS / 1000
+def wait_admin_404(story: SynapseStory, path: str, what: str) -> None:
+    """Until Synapse's admin API answers 404 at `path`, by the grace period's end +
+    `AFTER_GRACE_S`."""
+    def gone() -> bool | None:
+        return True if story.server.admin("GET", path).status_code == 404 else None
+
+    poll(f"{what} (admin API 404) by the grace end + {AFTER_GRACE_S:.0f} s",
+         story.after_grace_s(), gone)
 
 
-def test_e2_media_deleted_at_grace_end(story: Story) -> None:
+def test_e2_media_deleted_at_grace_end(story: SynapseStory) -> None:
     mxc = story.get("mxc", str)
     media_id = mxc_parts(mxc)[1]
-    deadline = grace_end(story) + AFTER_GRACE_S - time.time()
-
-    def gone() -> bool | None:
-        answer = story.synapse.admin("GET", f"/_synapse/admin/v1/media/localhost/{q(media_id)}")
-        return True if answer.status_code == 404 else None
-
-    poll(f"{mxc} deleted (admin API 404) by the grace end + {AFTER_GRACE_S:.0f} s",
-         max(deadline, 1), gone)
-    assert not story.synapse.media_file(media_id).exists()
+    wait_admin_404(story, f"/_synapse/admin/v1/media/localhost/{q(media_id)}", f"{mxc} deleted")
+    assert not story.server.media_file(media_id).exists()
     bob = story.get("bob", MatrixClient)
     assert bob.download(mxc, version="v1").status_code == 404
 
 
-def test_e3_room_only_erased_users_joined_is_purged(story: Story) -> None:
+def test_e3_room_only_erased_users_joined_is_purged(story: SynapseStory) -> None:
     lonely = story.get("lonely_room", str)
-    deadline = grace_end(story) + AFTER_GRACE_S - time.time()
-
-    def purged() -> bool | None:
-        answer = story.synapse.admin("GET", f"/_synapse/admin/v1/rooms/{q(lonely)}")
-        return True if answer.status_code == 404 else None
-
-    poll(f"{lonely} purged (admin API 404) by the grace end + {AFTER_GRACE_S:.0f} s",
-         max(deadline, 1), purged)
+    wait_admin_404(story, f"/_synapse/admin/v1/rooms/{q(lonely)}", f"{lonely} purged")
     room = story.get("room", str)
-    assert story.synapse.admin("GET", f"/_synapse/admin/v1/rooms/{q(room)}").status_code == 200, (
+    assert story.server.admin("GET", f"/_synapse/admin/v1/rooms/{q(room)}").status_code == 200, (
         "the room bob is in must stay")
 
 
 # --- f. the service is stopped: fail closed -------------------------------------------------
 
 
-def test_f_service_down_fails_closed(story: Story) -> None:
+def test_f_service_down_fails_closed(story: SynapseStory) -> None:
     bob = story.get("bob", MatrixClient)
     room_id = story.get("room", str)
     mxc = story.get("mxc", str)

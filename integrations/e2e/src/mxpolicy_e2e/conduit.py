@@ -4,11 +4,10 @@ it keeps media files."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 from .policy_set import PolicySet, toml_string
-from .process import ManagedProcess, ProcessError, port_in_use
+from .process import HttpServer, ManagedProcess
 
 #: A debug Conduit's first start compiles the plugins (later starts read the compile cache).
 START_TIMEOUT_S = 120.0
@@ -43,24 +42,21 @@ def media_file_path(media_dir: Path, sha256_hex: str) -> Path:
     return media_dir / sha256_hex[0:2] / sha256_hex[2:4] / sha256_hex[4:]
 
 
-class Conduit:
+class Conduit(HttpServer):
     """Conduit on ``127.0.0.1:port`` with its database, config and log under `workdir`."""
+
+    start_timeout_s = START_TIMEOUT_S
 
     def __init__(self, binary: Path, workdir: Path, port: int, policy_set: PolicySet) -> None:
         self.binary = binary
         self.workdir = workdir
-        self.port = port
         self.policy_set = policy_set
         self.database_path = workdir / "db"
         self.config_path = workdir / "conduit.toml"
-        self.log_path = workdir / "conduit.log"
-        self.process = ManagedProcess("conduit", [str(binary)], self.log_path,
-                                      env={"CONDUIT_CONFIG": str(self.config_path)})
-        self.started_at: float | None = None
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        super().__init__("Conduit", ManagedProcess(
+            "conduit", [str(binary)], workdir / "conduit.log",
+            env={"CONDUIT_CONFIG": str(self.config_path)}), port,
+            ready_path="/_matrix/client/versions", port_variable="MXPOLICY_CONDUIT_PORT")
 
     @property
     def media_dir(self) -> Path:
@@ -78,28 +74,6 @@ class Conduit:
         self.config_path.write_text(config_toml(
             database_path=self.database_path, port=self.port, policy_set=self.policy_set.path))
 
-    def start(self, timeout_s: float = START_TIMEOUT_S) -> float:
-        """Start and wait for ``/_matrix/client/versions``: the seconds it took."""
+    def prepare(self) -> None:
         if not self.config_path.exists():
             self.write_config()
-        if port_in_use(self.port):
-            raise ProcessError(f"127.0.0.1:{self.port} is already in use: another server would "
-                               "answer for this Conduit (set MXPOLICY_CONDUIT_PORT)")
-        self.process.start()
-        waited = self.process.wait_http(f"{self.base_url}/_matrix/client/versions", timeout_s)
-        self.started_at = time.time()
-        return waited
-
-    def stop(self) -> int | None:
-        return self.process.stop()
-
-    def restart(self, timeout_s: float = START_TIMEOUT_S) -> float:
-        """Stop, then start on the same database, config and policy set."""
-        self.stop()
-        return self.start(timeout_s)
-
-    def log_tail(self, lines: int = 40) -> str:
-        return self.process.log_tail(lines)
-
-    def log_text(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

@@ -1,5 +1,6 @@
 """A server process under test: started with its output in a log file, stopped with SIGTERM
-then SIGKILL, and waited for over HTTP."""
+then SIGKILL, and waited for over HTTP; `HttpServer`, such a process serving HTTP on a
+loopback port."""
 
 from __future__ import annotations
 
@@ -105,3 +106,59 @@ class ManagedProcess:
             if time.monotonic() > deadline:
                 raise self.failure(f"{self.name}: {url} did not answer within {timeout_s:.0f} s")
             time.sleep(0.25)
+
+
+class HttpServer:
+    """A server on ``127.0.0.1:port`` run by `process`, ready once `ready_path` answers 200:
+    start and wait, stop, restart on the same files, its log. A subclass checks or writes what
+    the process needs before a start (`prepare`)."""
+
+    #: `start`'s default wait for `ready_path`.
+    start_timeout_s = 120.0
+
+    def __init__(self, what: str, process: ManagedProcess, port: int, *, ready_path: str,
+                 port_variable: str) -> None:
+        self.what = what
+        self.process = process
+        self.port = port
+        self.ready_path = ready_path
+        self.port_variable = port_variable
+        self.log_path = process.log_path
+        self.started_at: float | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def alive(self) -> bool:
+        return self.process.alive
+
+    def prepare(self) -> None:
+        """Before each start: check or write what the process needs."""
+
+    def start(self, timeout_s: float | None = None) -> float:
+        """Start and wait for `ready_path`: the seconds it took."""
+        self.prepare()
+        if port_in_use(self.port):
+            raise ProcessError(f"127.0.0.1:{self.port} is already in use: another server would "
+                               f"answer for this {self.what} (set {self.port_variable})")
+        self.process.start()
+        waited = self.process.wait_http(f"{self.base_url}{self.ready_path}",
+                                        self.start_timeout_s if timeout_s is None else timeout_s)
+        self.started_at = time.time()
+        return waited
+
+    def stop(self) -> int | None:
+        return self.process.stop()
+
+    def restart(self, timeout_s: float | None = None) -> float:
+        """Stop, then start again on the same files."""
+        self.stop()
+        return self.start(timeout_s)
+
+    def log_tail(self, lines: int = 40) -> str:
+        return self.process.log_tail(lines)
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

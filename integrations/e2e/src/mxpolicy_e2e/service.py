@@ -11,26 +11,19 @@ from typing import Any
 import httpx
 
 from .policy_set import PolicySet
-from .process import ManagedProcess, ProcessError, port_in_use
-
-START_TIMEOUT_S = 120.0
+from .process import HttpServer, ManagedProcess, ProcessError
 
 
-class MxpolicyService:
+class MxpolicyService(HttpServer):
     """`mxpolicy serve` on ``127.0.0.1:port`` for the policy set; its log beside the set."""
 
     def __init__(self, binary: Path, policy_set: PolicySet, port: int, log_path: Path) -> None:
         self.binary = binary
         self.policy_set = policy_set
-        self.port = port
-        self.log_path = log_path
-        self.process = ManagedProcess(
+        super().__init__("mxpolicy serve", ManagedProcess(
             "mxpolicy-serve", [str(binary), "serve", "--config", str(policy_set.path)],
-            log_path, env={"RUST_LOG": "info"})
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+            log_path, env={"RUST_LOG": "info"}), port,
+            ready_path="/health", port_variable="MXPOLICY_SERVE_PORT")
 
     @property
     def secret_file(self) -> Path:
@@ -39,31 +32,9 @@ class MxpolicyService:
     def secret(self) -> str:
         return self.secret_file.read_text().strip()
 
-    def start(self, timeout_s: float = START_TIMEOUT_S) -> float:
+    def prepare(self) -> None:
         if not self.binary.is_file():
             raise ProcessError(f"{self.binary} does not exist: run `cargo build -p mxpolicy`")
-        if port_in_use(self.port):
-            raise ProcessError(f"127.0.0.1:{self.port} is already in use (set "
-                               "MXPOLICY_SERVE_PORT)")
-        self.process.start()
-        return self.process.wait_http(f"{self.base_url}/health", timeout_s)
-
-    def stop(self) -> int | None:
-        return self.process.stop()
-
-    def restart(self, timeout_s: float = START_TIMEOUT_S) -> float:
-        self.stop()
-        return self.start(timeout_s)
-
-    @property
-    def alive(self) -> bool:
-        return self.process.alive
-
-    def log_text(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def log_tail(self, lines: int = 40) -> str:
-        return self.process.log_tail(lines)
 
     def admin_command(self, instance: str, command: str, args: dict[str, Any]) -> Any:
         answer = httpx.post(f"{self.base_url}/_mxpolicy/v1/admin/plugins/{instance}/commands/"

@@ -14,14 +14,13 @@ import hashlib
 import hmac
 import json
 import os
-import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 from .paths import repo_root
-from .process import ManagedProcess, ProcessError, port_in_use
+from .process import HttpServer, ManagedProcess, ProcessError
 
 #: Synapse's first start creates its database schema.
 START_TIMEOUT_S = 120.0
@@ -43,35 +42,31 @@ def json_yaml(value: Any) -> str:
     return json.dumps(value, indent=2)
 
 
-class Synapse:
+class Synapse(HttpServer):
     """Synapse on ``127.0.0.1:port`` with its database, config, media and log under
     `workdir`; the mxpolicy module talks to the service at `service_url`."""
+
+    start_timeout_s = START_TIMEOUT_S
 
     def __init__(self, workdir: Path, port: int, *, service_url: str, api_secret_file: Path,
                  python: Path | None = None, module: bool = True,
                  module_config: dict[str, Any] | None = None) -> None:
         self.workdir = workdir
-        self.port = port
         self.python = python or synapse_python()
         self.service_url = service_url
         self.api_secret_file = api_secret_file
         self.module = module
         self.module_config = dict(module_config or {})
         self.config_path = workdir / "homeserver.yaml"
-        self.log_path = workdir / "synapse.log"
         self.database_path = workdir / "homeserver.db"
         self.media_dir = workdir / "media_store"
         self.admin_token_file = workdir / "admin-token"
         self.registration_secret = hashlib.sha256(str(workdir).encode()).hexdigest()
-        self.process = ManagedProcess(
+        super().__init__("Synapse", ManagedProcess(
             "synapse", [str(self.python), "-m", "synapse.app.homeserver", "-c",
                         str(self.config_path)],
-            self.log_path, cwd=workdir)
-        self.started_at: float | None = None
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+            workdir / "synapse.log", cwd=workdir), port,
+            ready_path="/_matrix/client/versions", port_variable="MXPOLICY_SYNAPSE_PORT")
 
     @property
     def web_prefix(self) -> str:
@@ -168,33 +163,12 @@ class Synapse:
             if result.returncode != 0:
                 raise ProcessError(f"synapse --generate-keys failed:\n{result.stderr[-3000:]}")
 
-    def start(self, timeout_s: float = START_TIMEOUT_S) -> float:
-        """Start and wait for ``/_matrix/client/versions``: the seconds it took."""
+    def prepare(self) -> None:
         if not self.python.is_file():
             raise ProcessError(f"{self.python} does not exist: run scripts/synapse-env.sh "
                                "(or set MXPOLICY_SYNAPSE_PYTHON)")
         if not self.config_path.exists():
             self.write_config()
-        if port_in_use(self.port):
-            raise ProcessError(f"127.0.0.1:{self.port} is already in use: another server would "
-                               "answer for this Synapse (set MXPOLICY_SYNAPSE_PORT)")
-        self.process.start()
-        waited = self.process.wait_http(f"{self.base_url}/_matrix/client/versions", timeout_s)
-        self.started_at = time.time()
-        return waited
-
-    def stop(self) -> int | None:
-        return self.process.stop()
-
-    def restart(self, timeout_s: float = START_TIMEOUT_S) -> float:
-        self.stop()
-        return self.start(timeout_s)
-
-    def log_tail(self, lines: int = 40) -> str:
-        return self.process.log_tail(lines)
-
-    def log_text(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     # --- registration and the admin API -------------------------------------------------------
 
