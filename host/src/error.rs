@@ -200,6 +200,11 @@ pub enum FailureCause {
     /// The call kept conflicting with concurrent calls that wrote keys it read (see
     /// [`StateStore`](crate::StateStore)'s transactions), and was given up.
     Conflict(String),
+    /// A question the plugin asked the homeserver during the call could not be answered (the
+    /// homeserver was unreachable: [`Homeserver::take_failure`](crate::Homeserver::take_failure)).
+    /// The call's writes are dropped; a timer is retried with backoff, so no decision is
+    /// made on an answer that did not come.
+    Homeserver(String),
     /// wasmtime's instance pool had no free slot (memories, tables or instances). The host
     /// reserves pool capacity per plugin, so this means the pool is configured smaller than
     /// the chain needs.
@@ -228,6 +233,7 @@ impl fmt::Display for FailureCause {
                 "busy: all {max_concurrency} concurrent calls allowed for this plugin are in use"
             ),
             Self::PoolExhausted(msg) => write!(f, "instance pool exhausted: {msg}"),
+            Self::Homeserver(msg) => write!(f, "the homeserver did not answer: {msg}"),
             Self::Conflict(key) => write!(f, "state conflict: {key}"),
         }
     }

@@ -24,6 +24,16 @@ pub trait Homeserver: Send + Sync {
     fn members_of_room(&self, room: &RoomId) -> Vec<OwnedUserId>;
     /// Users who were ever joined to the room, including those who left.
     fn ever_joined_members(&self, room: &RoomId) -> Vec<OwnedUserId>;
+    /// Whether a question of the current call went unanswered because the homeserver could
+    /// not be reached, and why; taken (cleared) by the call. The host asks after each
+    /// `on-timer` call and fails the call if so: its writes are dropped and the timer is
+    /// retried with backoff. An implementation that answers from memory never fails (the
+    /// default: `None`); one that asks over the network (`mxpolicy serve`'s timer facts)
+    /// reports here instead of passing an empty answer off as the truth.
+    fn take_failure(&self) -> Option<String> {
+        None
+    }
+
     /// Whether the user belongs to this server. The default compares server names.
     fn is_local_user(&self, user: &UserId) -> bool {
         user.server_name() == self.server_name()

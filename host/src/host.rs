@@ -1059,10 +1059,15 @@ impl Host {
                 due_ms: timer.due_ms,
                 payload: timer.payload,
             };
+            // A failure left over from another call on this thread is not this call's.
+            let _ = self.homeserver.take_failure();
             let result = plugin.run_timer(
                 &self.runtime,
                 |b, s| b.call_on_timer(s, &ctx),
                 |out, txn| {
+                    if let Some(why) = self.homeserver.take_failure() {
+                        return Err(FailureCause::Homeserver(why));
+                    }
                     let actions = convert::actions_from_wit(out)?;
                     // Removed only if still under this claim: a timer another call rescheduled
                     // meanwhile (a new erasure request) stays.

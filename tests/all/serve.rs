@@ -988,6 +988,12 @@ struct FactsEndpoint {
 
 impl FactsEndpoint {
     fn start(rooms: Vec<(&'static str, Vec<&'static str>)>) -> Self {
+        Self::start_failing(rooms, 0)
+    }
+
+    /// As [`FactsEndpoint::start`], answering the first `fail_first` requests 503 (a
+    /// homeserver restarting).
+    fn start_failing(rooms: Vec<(&'static str, Vec<&'static str>)>, fail_first: usize) -> Self {
         use std::io::{Read, Write};
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}/facts", listener.local_addr().unwrap());
@@ -1026,11 +1032,17 @@ impl FactsEndpoint {
                     })
                     .map(|(_, members)| members.clone())
                     .unwrap_or_default();
-                log.lock().unwrap().push((line, auth));
-                let body = json!({ "answer": answer }).to_string();
+                let mut log = log.lock().unwrap();
+                log.push((line, auth));
+                let (status, body) = if log.len() <= fail_first {
+                    ("503 Service Unavailable", "{}".to_owned())
+                } else {
+                    ("200 OK", json!({ "answer": answer }).to_string())
+                };
+                drop(log);
                 let _ = write!(
                     stream,
-                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
                     body.len()
                 );
             }
@@ -1107,5 +1119,69 @@ fn timers_ask_the_homeserver_for_their_facts_and_purge_only_rooms_everyone_left_
             "{room} not asked with the secret: {seen:?}"
         );
     }
+    assert!(service.stop().success());
+}
+
+#[test]
+fn a_timer_whose_facts_do_not_come_is_retried_and_purges_then() {
+    let dir = TempDir::new("serve-facts-retry");
+    let port = free_port();
+    let set = init(&dir.0, port);
+    let text = std::fs::read_to_string(&set).unwrap().replace(
+        "instance = \"erasure\"\n",
+        "instance = \"erasure\"\nconfig = { grace_period_ms = 500 }\n",
+    );
+    std::fs::write(&set, text).unwrap();
+    // The homeserver does not answer the timer's first question (it is restarting, say).
+    let facts =
+        FactsEndpoint::start_failing(vec![("!lonely:localhost", vec!["@alice:localhost"])], 1);
+    with_service_keys(&set, &format!("facts_url = {}", toml_string(&facts.url)));
+    let service = Service::start(&set);
+    let (status, deactivated) = post(
+        &agent(),
+        &service.url("/_mxpolicy/v1/hooks/on-deactivate"),
+        Some(&service.secret),
+        &json!({
+            "context": {"user": "@alice:localhost", "erase": true},
+            "facts": {"rooms_of_user": {"@alice:localhost": ["!lonely:localhost"]}},
+        })
+        .to_string(),
+    );
+    assert_eq!(status, 200, "{deactivated}");
+
+    // The first attempt fails (no decision on an answer that did not come); the retry, 10 s
+    // later (TIMER_RETRY_BASE_MS), asks again and purges.
+    let start = Instant::now();
+    let mut actions: Vec<Value> = Vec::new();
+    while !actions
+        .iter()
+        .any(|a| a["action"]["kind"] == "purge-room-history")
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "never purged after the retry: {actions:?} {:?}",
+            facts.seen.lock().unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+        let (_, claimed) = service.admin("outbox/claim", json!({"limit": 100}));
+        actions.extend(claimed["actions"].as_array().unwrap().iter().cloned());
+    }
+    let kinds: Vec<&Value> = actions
+        .iter()
+        .map(|a| &a["action"]["kind"])
+        .filter(|k| *k != "leave-all-rooms" && *k != "remove-from-user-directory")
+        .filter(|k| *k != "unbind-threepids" && *k != "delete-profile")
+        .collect();
+    assert_eq!(
+        kinds,
+        [&json!("announce-erasure"), &json!("purge-room-history")],
+        "one erasure, announced once, after the retry: {actions:?}"
+    );
+    let asked = facts.seen.lock().unwrap().len();
+    assert!(asked >= 2, "asked {asked} times");
+    assert!(
+        start.elapsed() >= Duration::from_secs(5),
+        "purged before the retry could have run"
+    );
     assert!(service.stop().success());
 }

@@ -15,9 +15,11 @@
 //! [`CALLBACK_TIMEOUT`], an answer of at most [`MAX_CALLBACK_ANSWER`]): a timer is background
 //! work nobody waits on, and the host gives `on-timer` calls at least 2 s. Only timer passes
 //! ask ([`for_timers`]); a request's call never waits on the homeserver. An answer that does
-//! not come, or does not parse, is logged and read as empty, which the policies read
-//! conservatively (a room with no known members is never purged). Without `facts_url` a
-//! timer's questions get empty answers.
+//! not come, or does not parse, fails the timer call (`Homeserver::take_failure`): its
+//! writes are dropped and the timer is retried with backoff (10 s, 40 s, ...), so a
+//! homeserver that is restarting delays an erasure's room purge instead of cancelling it.
+//! Without `facts_url` a timer's questions get empty answers, which the policies read
+//! conservatively (a room with no known members is never purged).
 //!
 //! The facts of a call are kept in a thread-local for the duration of the call: hook calls
 //! are synchronous and run on the thread that called the host.
@@ -78,6 +80,8 @@ const MAX_CALLBACK_IDS: usize = 100_000;
 thread_local! {
     static CURRENT: RefCell<Option<Call>> = const { RefCell::new(None) };
     static IN_TIMERS: Cell<bool> = const { Cell::new(false) };
+    /// Why the homeserver did not answer a question of the current timer call, if it did not.
+    static FAILED: RefCell<Option<String>> = const { RefCell::new(None) };
 }
 
 /// Run `f` (a timer pass) with the homeserver asked back for the facts its calls need.
@@ -177,8 +181,12 @@ impl ServiceHomeserver {
                 tracing::warn!(
                     question,
                     subject,
-                    "the homeserver's facts endpoint did not answer ({e}); read as empty"
+                    "the homeserver's facts endpoint did not answer ({e}); the timer is retried"
                 );
+                FAILED.with(|f| {
+                    f.borrow_mut()
+                        .get_or_insert_with(|| format!("{question} of {subject}: {e}"));
+                });
                 None
             }
         }
@@ -262,6 +270,10 @@ impl Homeserver for ServiceHomeserver {
         answer(self, "ever_joined_members", room, |f| {
             f.ever_joined_members.get(room)
         })
+    }
+
+    fn take_failure(&self) -> Option<String> {
+        FAILED.with(|f| f.borrow_mut().take())
     }
 }
 

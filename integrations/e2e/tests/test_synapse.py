@@ -233,6 +233,22 @@ def test_e1_media_posted_then_erased(story: SynapseStory) -> None:
     assert info.json()["media_info"]["quarantined_by"] == "@admin:localhost", info.text
 
 
+def test_e1b_synapse_restarts_inside_the_grace_period(story: SynapseStory) -> None:
+    """Synapse restarts while alice's erasure is pending: the quarantine holds, and the
+    restarted module's outbox loop carries out the grace period's actions (steps e2, e3).
+
+    Not tested here: Synapse down across the grace period's end. The service then retries the
+    erasure's timer until Synapse answers its facts again (tested in tests/all/serve.rs), but
+    in our run the restarted Synapse's own room purge stalled on its `purge_pagination_lock`
+    for the rest of the test (not investigated further; see the closing note of issue 15)."""
+    mxc = story.get("mxc", str)
+    bob = story.get("bob", MatrixClient)
+    waited = story.server.restart()
+    print(f"\nSynapse restarted in {waited:.1f} s")
+    assert time.time() < story.grace_end(), "the restart should fall inside the grace period"
+    assert bob.download(mxc, version="v1").status_code == 404, "the quarantine holds"
+
+
 def wait_admin_404(story: SynapseStory, path: str, what: str) -> None:
     """Until Synapse's admin API answers 404 at `path`, by the grace period's end +
     `AFTER_GRACE_S`."""
