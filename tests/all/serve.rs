@@ -612,11 +612,7 @@ fn a_restart_keeps_consents_and_erasures_and_fires_the_timers_due_meanwhile() {
     let port = free_port();
     let set = init(&dir.0, port);
     // A 2 s grace period, so the erasure's final step falls due while the service is down.
-    let text = std::fs::read_to_string(&set).unwrap().replace(
-        "instance = \"erasure\"\n",
-        "instance = \"erasure\"\nconfig = { grace_period_ms = 2000 }\n",
-    );
-    std::fs::write(&set, text).unwrap();
+    with_erasure_grace(&set, 2000);
     let first = Service::start(&set);
     first.admin(
         "plugins/consent/commands/record-consent",
@@ -977,6 +973,32 @@ fn the_readmes_first_command_starts_the_sample_service() {
     assert!(local.join("policy-set.toml").is_file());
 }
 
+/// Give the sample set's erasure entry a grace period of `ms`.
+fn with_erasure_grace(set: &Path, ms: u64) {
+    let text = std::fs::read_to_string(set).unwrap().replace(
+        "instance = \"erasure\"\n",
+        &format!("instance = \"erasure\"\nconfig = {{ grace_period_ms = {ms} }}\n"),
+    );
+    std::fs::write(set, text).unwrap();
+}
+
+/// on-deactivate of `@alice:localhost` with erasure, her rooms sent as the request's facts:
+/// the decision (answered 200).
+fn erase_alice(service: &Service, rooms: &[&str]) -> Value {
+    let (status, deactivated) = post(
+        &agent(),
+        &service.url("/_mxpolicy/v1/hooks/on-deactivate"),
+        Some(&service.secret),
+        &json!({
+            "context": {"user": "@alice:localhost", "erase": true},
+            "facts": {"rooms_of_user": {"@alice:localhost": rooms}},
+        })
+        .to_string(),
+    );
+    assert_eq!(status, 200, "{deactivated}");
+    deactivated
+}
+
 /// A stand-in for the homeserver's facts endpoint (`service.facts_url`): answers
 /// `ever_joined_members` from `rooms`, anything else with `[]`, and records each request
 /// line and its `Authorization` header. A test double: what it stands in for is the
@@ -1056,11 +1078,7 @@ fn timers_ask_the_homeserver_for_their_facts_and_purge_only_rooms_everyone_left_
     let dir = TempDir::new("serve-facts-url");
     let port = free_port();
     let set = init(&dir.0, port);
-    let text = std::fs::read_to_string(&set).unwrap().replace(
-        "instance = \"erasure\"\n",
-        "instance = \"erasure\"\nconfig = { grace_period_ms = 1000 }\n",
-    );
-    std::fs::write(&set, text).unwrap();
+    with_erasure_grace(&set, 1000);
     // Alice alone ever joined !lonely; bob, not erased, was in !shared too.
     let facts = FactsEndpoint::start(vec![
         ("!lonely:localhost", vec!["@alice:localhost"]),
@@ -1072,17 +1090,7 @@ fn timers_ask_the_homeserver_for_their_facts_and_purge_only_rooms_everyone_left_
     with_service_keys(&set, &format!("facts_url = {}", toml_string(&facts.url)));
     let service = Service::start(&set);
     // The deactivation brings the rooms she is in, as a request's facts do.
-    let (status, deactivated) = post(
-        &agent(),
-        &service.url("/_mxpolicy/v1/hooks/on-deactivate"),
-        Some(&service.secret),
-        &json!({
-            "context": {"user": "@alice:localhost", "erase": true},
-            "facts": {"rooms_of_user": {"@alice:localhost": ["!lonely:localhost", "!shared:localhost"]}},
-        })
-        .to_string(),
-    );
-    assert_eq!(status, 200, "{deactivated}");
+    let deactivated = erase_alice(&service, &["!lonely:localhost", "!shared:localhost"]);
     assert_eq!(verdict(&deactivated).0, "allow", "{deactivated}");
 
     let start = Instant::now();
@@ -1127,27 +1135,13 @@ fn a_timer_whose_facts_do_not_come_is_retried_and_purges_then() {
     let dir = TempDir::new("serve-facts-retry");
     let port = free_port();
     let set = init(&dir.0, port);
-    let text = std::fs::read_to_string(&set).unwrap().replace(
-        "instance = \"erasure\"\n",
-        "instance = \"erasure\"\nconfig = { grace_period_ms = 500 }\n",
-    );
-    std::fs::write(&set, text).unwrap();
+    with_erasure_grace(&set, 500);
     // The homeserver does not answer the timer's first question (it is restarting, say).
     let facts =
         FactsEndpoint::start_failing(vec![("!lonely:localhost", vec!["@alice:localhost"])], 1);
     with_service_keys(&set, &format!("facts_url = {}", toml_string(&facts.url)));
     let service = Service::start(&set);
-    let (status, deactivated) = post(
-        &agent(),
-        &service.url("/_mxpolicy/v1/hooks/on-deactivate"),
-        Some(&service.secret),
-        &json!({
-            "context": {"user": "@alice:localhost", "erase": true},
-            "facts": {"rooms_of_user": {"@alice:localhost": ["!lonely:localhost"]}},
-        })
-        .to_string(),
-    );
-    assert_eq!(status, 200, "{deactivated}");
+    erase_alice(&service, &["!lonely:localhost"]);
 
     // The first attempt fails (no decision on an answer that did not come); the retry, 10 s
     // later (TIMER_RETRY_BASE_MS), asks again and purges.

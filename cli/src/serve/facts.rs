@@ -307,4 +307,59 @@ mod tests {
         // Outside a call nothing is known, and nothing leaks from the last call.
         assert!(hs.rooms_of_user(user_id!("@a:hs.example")).is_empty());
     }
+
+    /// A one-shot HTTP server on loopback answering every request with `body`: its URL.
+    fn answering(body: Vec<u8>) -> url::Url {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/facts", listener.local_addr().unwrap());
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let mut head = [0u8; 4096];
+                let _ = stream.read(&mut head);
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = stream.write_all(&body);
+            }
+        });
+        url.parse().unwrap()
+    }
+
+    #[test]
+    fn a_hostile_facts_answer_fails_the_timer_call_instead_of_being_believed() {
+        let room = room_id!("!r:hs.example");
+        let id = |n: usize| format!("\"@u{n}:hs.example\"");
+        let cases: [(&str, Vec<u8>); 4] = [
+            ("not JSON", b"<html>".to_vec()),
+            ("over the size cap", {
+                let ids: Vec<String> = (0..60_000).map(id).collect();
+                format!("{{\"answer\": [{}]}}", ids.join(",")).into_bytes()
+            }),
+            ("over the id cap", {
+                let ids: Vec<String> = (0..MAX_CALLBACK_IDS + 1).map(|_| "\"\"".into()).collect();
+                format!("{{\"answer\": [{}]}}", ids.join(",")).into_bytes()
+            }),
+            ("the wrong shape", b"{\"answer\": {\"a\": 1}}".to_vec()),
+        ];
+        for (what, body) in cases {
+            let hs = ServiceHomeserver::new(owned_server_name!("hs.example"))
+                .with_facts_url(answering(body), b"0123456789abcdef");
+            let members = for_timers(|| hs.ever_joined_members(room));
+            assert!(members.is_empty(), "{what}: {members:?}");
+            let failure = hs.take_failure();
+            assert!(failure.is_some(), "{what}: not reported as a failure");
+        }
+        // A good answer is believed, and leaves no failure behind.
+        let hs = ServiceHomeserver::new(owned_server_name!("hs.example")).with_facts_url(
+            answering(format!("{{\"answer\": [{}]}}", id(1)).into_bytes()),
+            b"0123456789abcdef",
+        );
+        let members = for_timers(|| hs.ever_joined_members(room));
+        assert_eq!(members, [user_id!("@u1:hs.example").to_owned()]);
+        assert_eq!(hs.take_failure(), None);
+    }
 }

@@ -43,14 +43,7 @@ class Service:
         return decision
 
     async def claim(self, limit: int, *, timeout_s: float = 10.0) -> list[Action]:
-        url = f"{self.base_url}/_mxpolicy/v1/admin/outbox/claim"
-        try:
-            status, body = await self.http.json_call("POST", url, {"limit": limit},
-                                                     token=self.secret, timeout_s=timeout_s)
-        except HttpError as e:
-            raise ServiceError(str(e)) from e
-        if status != 200:
-            raise ServiceError(f"outbox claim: {status}: {body}")
+        body = await self._admin("outbox/claim", {"limit": limit}, timeout_s)
         try:
             return parse_claimed(body)
         except WireError as e:
@@ -59,14 +52,20 @@ class Service:
     async def ack(self, ids: list[int], *, timeout_s: float = 10.0) -> None:
         if not ids:
             return
-        url = f"{self.base_url}/_mxpolicy/v1/admin/outbox/ack"
+        await self._admin("outbox/ack", {"ids": ids}, timeout_s)
+
+    async def _admin(self, path: str, payload: Mapping[str, Any], timeout_s: float) -> Any:
+        """POST an admin call (`/_mxpolicy/v1/admin/<path>`): its JSON answer, or
+        `ServiceError` for a transport failure or a status other than 200."""
+        url = f"{self.base_url}/_mxpolicy/v1/admin/{path}"
         try:
-            status, body = await self.http.json_call("POST", url, {"ids": ids},
+            status, body = await self.http.json_call("POST", url, payload,
                                                      token=self.secret, timeout_s=timeout_s)
         except HttpError as e:
             raise ServiceError(str(e)) from e
         if status != 200:
-            raise ServiceError(f"outbox ack: {status}: {body}")
+            raise ServiceError(f"{path.replace('/', ' ')}: {status}: {body}")
+        return body
 
     async def web(self, method: str, path_and_query: str, headers: list[tuple[bytes, bytes]],
                   body: bytes, *, timeout_s: float = 10.0) -> Response:
