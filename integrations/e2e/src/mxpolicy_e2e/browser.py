@@ -15,11 +15,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from selenium import webdriver
-from selenium.common.exceptions import TimeoutException
+from selenium.common.exceptions import TimeoutException, WebDriverException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
+from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.ui import WebDriverWait
 
@@ -108,19 +110,29 @@ def accept_consent(consent_uri: str, artifacts: Path, prefix: str = "consent",
         before = screenshot(driver, artifacts / f"{prefix}-page.png")
         log.info("chromium: click %r", button.text)
         button.click()
+        # While the form posts and the next page loads, chromedriver may answer a lookup with
+        # a stale-element error or, racing the navigation, with a generic "node does not
+        # belong to the document" one: both mean "not there yet", so the wait ignores every
+        # WebDriverException and asks again.
+        navigating = WebDriverWait(driver, timeout_s, ignored_exceptions=(WebDriverException,))
         try:
-            wait.until(expected_conditions.staleness_of(button))
-            status = wait.until(expected_conditions.visibility_of_element_located(
-                (By.CSS_SELECTOR, STATUS)))
+            status = navigating.until(_success_page)
         except TimeoutException as e:
             raise _page_error(driver, artifacts / f"{prefix}-failed.png",
                               "no success page after the click") from e
         text = status.text
         after = screenshot(driver, artifacts / f"{prefix}-accepted.png")
         log.info("chromium: %s", text)
-        if driver.find_elements(By.CSS_SELECTOR, ACCEPT_BUTTON):
-            raise BrowserError(f"the page after accepting still has the accept form: {text}")
         return ConsentResult(before, after, text)
+
+
+def _success_page(driver: webdriver.Chrome) -> WebElement | Literal[False]:
+    """The success page's status paragraph, or False while the page shown is not it: a page
+    with the accept form (the consent page itself, or the "policy changed" answer) is not."""
+    if driver.find_elements(By.CSS_SELECTOR, ACCEPT_BUTTON):
+        return False
+    found = driver.find_elements(By.CSS_SELECTOR, STATUS)
+    return found[0] if found and found[0].is_displayed() else False
 
 
 def _page_error(driver: webdriver.Chrome, path: Path, what: str) -> BrowserError:
