@@ -14,6 +14,7 @@ import hashlib
 import hmac
 import json
 import os
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -201,3 +202,10 @@ class Synapse(HttpServer):
         """Where Synapse's local media store keeps an original upload
         (``local_content/ab/cd/efgh...``, `MediaFilePaths.local_media_filepath`)."""
         return self.media_dir / "local_content" / media_id[0:2] / media_id[2:4] / media_id[4:]
+
+    def held_locks(self) -> list[tuple[str, str]]:
+        """The (name, key) of every read-write lock Synapse holds, read from its own
+        ``worker_read_write_locks`` table (read-only, beside the running Synapse)."""
+        with sqlite3.connect(f"file:{self.database_path}?mode=ro", uri=True, timeout=10) as db:
+            rows = db.execute("SELECT lock_name, lock_key FROM worker_read_write_locks").fetchall()
+        return [(str(name), str(key)) for name, key in rows]
