@@ -39,6 +39,8 @@ from mxpolicy_e2e.story import AFTER_GRACE_S, Story, announce, browser_accepts, 
 
 PORT = int(os.environ.get("MXPOLICY_CONDUIT_PORT", "6167"))
 GRACE_MS = int(os.environ.get("MXPOLICY_E2E_GRACE_MS", "45000"))
+#: How long a server notice may take to arrive (a long-poll loop: a passing run stops early).
+NOTICE_WAIT_S = 30.0
 SECRET = "my secret, before erasure"
 LONELY = "lonely secret"
 #: A 64x64 PNG, unique to this run (its file on disk is named by its hash).
@@ -126,13 +128,15 @@ def test_a2_server_notice_with_the_link_reaches_her(story: ConduitStory) -> None
                         return str(room_id)
         return None
 
-    deadline = time.monotonic() + 10
+    # Long polls: a passing run waits no longer for the generous deadline, and a notice whose
+    # first attempt failed is retried after 1, 2 and 4 s.
+    deadline = time.monotonic() + NOTICE_WAIT_S
     room_id = notice_room()
     while room_id is None and time.monotonic() < deadline:
         room_id = notice_room()
     assert room_id is not None, (
         f"no m.server_notice from {SERVER_USER} with {link.uri} in alice's joined rooms' "
-        f"timelines within 10 s; notices seen: {seen}")
+        f"timelines within {NOTICE_WAIT_S:.0f} s; notices seen: {seen}")
     answer = alice.sync(filter_={"room": {"timeline": {"limit": 50}}})
     names = [e["content"].get("name") for e in room_state_events(answer, room_id)
              if e.get("type") == "m.room.name"]
@@ -206,8 +210,10 @@ def test_c1_conversation_and_image(story: ConduitStory) -> None:
 def test_c2_alice_deactivates_with_erase(story: ConduitStory) -> None:
     alice = story.get("alice", MatrixClient)
     story.get("lonely_id", str)
-    alice.deactivate(erase=True)
+    # Taken before the call: the grace period starts while the request is handled, so the
+    # grace end the later steps compute is never later than the policies' own.
     story.put("deactivated_at", time.time())
+    alice.deactivate(erase=True)
     error = refusal(lambda: alice.sync())
     assert error.status == 401, "her token should be gone"
 
@@ -324,11 +330,14 @@ def test_e1_restart_keeps_consent_and_erasure(story: ConduitStory) -> None:
     bob = story.get("bob", MatrixClient)
     room_id = story.get("room", str)
     story.get("bob_accepted_2", bool)
+    # The timers are in the store: one due while Conduit is down fires at the restarted
+    # Conduit's first pass. What matters is that the grace period ends after the stop.
+    stopping = time.time()
     waited = story.server.restart()
     print(f"\nConduit restarted in {waited:.1f} s; the grace period ends in "
           f"{story.grace_end() - time.time():.1f} s")
-    assert time.time() < story.grace_end(), (
-        f"the grace period ({GRACE_MS} ms) ended before Conduit was back: raise "
+    assert stopping < story.grace_end(), (
+        f"the grace period ({GRACE_MS} ms) ended before Conduit was stopped: raise "
         "MXPOLICY_E2E_GRACE_MS so that the timers fire after the restart")
     bob.send_text(room_id, "after the restart")
     check_carol_sees_redacted(story)
@@ -347,8 +356,10 @@ def test_e2_grace_period_ends_after_the_restart(story: ConduitStory) -> None:
     and the refusal of the image are unchanged."""
 
     def fired() -> bool | None:
-        log = log_after_restart(story)
-        ok = all(f"of {instance} fired" in log for instance in ("erasure", "media"))
+        # A pass that failed (ok: false) is retried: wait for the one that succeeds.
+        lines = [line for line in log_after_restart(story).splitlines() if "ok: true" in line]
+        ok = all(any(f"of {instance} fired" in line for line in lines)
+                 for instance in ("erasure", "media"))
         return True if ok else None
 
     poll("the erasure's and media's grace-period timers fire", story.after_grace_s(), fired)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -315,6 +315,44 @@ def test_actions_carried_out_with_admin_api_and_module_api() -> None:
             await run.run(Action("send-server-notice", {"user": "@a:hs"}, 8))
 
     asyncio.run(check())
+
+
+def test_failed_action_is_tried_again_after_1_2_4_s_then_left_to_the_lease() -> None:
+    from mxpolicy_synapse.actions import RETRY_DELAYS_S, run_retrying
+
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    def failing(times: int) -> Callable[[Action], Awaitable[str]]:
+        calls = 0
+
+        async def run(action: Action) -> str:
+            nonlocal calls
+            calls += 1
+            if calls <= times:
+                raise ActionError(f"attempt {calls} fails")
+            return f"done after {calls}"
+        return run
+
+    notice = Action("send-server-notice", {"user": "@a:hs", "content": {}}, 9)
+    assert asyncio.run(run_retrying(failing(0), notice, sleep)) == "done after 1"
+    assert slept == []
+    assert asyncio.run(run_retrying(failing(2), notice, sleep)) == "done after 3"
+    assert slept == [1.0, 2.0]
+    slept.clear()
+    with pytest.raises(ActionError, match="attempt 4 fails"):
+        asyncio.run(run_retrying(failing(4), notice, sleep))
+    assert slept == list(RETRY_DELAYS_S) == [1.0, 2.0, 4.0]
+
+    async def malformed(action: Action) -> str:
+        raise KeyError("user")
+
+    slept.clear()
+    with pytest.raises(KeyError):
+        asyncio.run(run_retrying(malformed, notice, sleep))
+    assert slept == [], "a malformed action is not tried again"
 
 
 def test_admin_token_file_is_required_and_read_lazily(tmp_path: Path) -> None:

@@ -32,7 +32,7 @@ from .process import HttpServer
 #: anything it is about.
 DEADLINE_MS = int(os.environ.get("MXPOLICY_E2E_DEADLINE_MS") or "500")
 #: How long after the grace period's end the purge and the deletion may take.
-AFTER_GRACE_S = 30.0
+AFTER_GRACE_S = 75.0
 NOTICE_BODY = "Please review and accept our privacy policy: {consent_uri}"
 
 T = TypeVar("T")

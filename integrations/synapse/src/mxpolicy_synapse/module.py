@@ -26,7 +26,7 @@ from synapse.events import EventBase
 from synapse.module_api import DirectServeJsonResource, ModuleApi
 from synapse.types import StateMap
 
-from .actions import ActionError, AdminApi, ActionRunner
+from .actions import ActionError, AdminApi, ActionRunner, run_retrying
 from .config import Config, parse_config
 from .facts import FactsRequestError, FactsSource, check_facts_request
 from .http import HttpClient
@@ -330,7 +330,7 @@ class MxpolicyModule:
         done: list[int] = []
         for action in actions:
             try:
-                what = await self.runner.run(action)
+                what = await run_retrying(self.runner.run, action, self.api.sleep)
             except (ActionError, KeyError, ValueError) as e:
                 log.warning("mxpolicy: action %s (outbox %s) failed, to be retried: %s",
                             action.kind, action.outbox_id, e)
