@@ -4,8 +4,8 @@ Synapse's admin API otherwise (with an admin's access token read from `admin_tok
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 

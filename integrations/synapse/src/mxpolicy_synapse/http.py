@@ -38,8 +38,9 @@ class HttpClient:
         self._pool = HTTPConnectionPool(self._reactor, persistent=True)  # type: ignore[no-untyped-call]
         self._pool.maxPersistentPerHost = max_per_host
         # Idle connections are dropped before the service would close them (`mxpolicy serve`
-        # closes one idle for `header_timeout_s`, 10 s by default: keep it above 5 s): a request sent
-        # on a connection the server is closing fails, and Twisted never retries a POST.
+        # closes one idle for `header_timeout_s`, 10 s by default: keep it above 5 s): a
+        # request sent on a connection the server is closing fails, and Twisted never retries
+        # a POST.
         self._pool.cachedConnectionTimeout = 5
         self._agent = Agent(self._reactor, pool=self._pool)  # type: ignore[no-untyped-call]
 
